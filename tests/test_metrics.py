@@ -258,6 +258,15 @@ def test_clipsim_equals_clip_called_directly(tmp_path):
         metrics.clip_similarity(paths, prompts, str(folder), "cpu")
 
 
+def test_fid_on_float32_features_agrees_with_float64():
+    rng = np.random.default_rng(3)
+    a = np.maximum(rng.normal(size=(400, 64)), 0).astype(np.float32)  # more images than dims: covariances
+    b = np.maximum(rng.normal(size=(400, 64)) + 0.1, 0).astype(np.float32)
+    exact = metrics.fid_from_features(a.astype(np.float64), b.astype(np.float64))
+    assert metrics.fid_from_features(a, b) == pytest.approx(exact, rel=1e-6)
+    assert metrics.feature_statistics(a)[1].dtype == np.float64
+
+
 def test_kid_on_float32_features_agrees_with_float64():
     rng = np.random.default_rng(4)
     a = np.maximum(rng.normal(size=(300, 256)), 0).astype(np.float32)
@@ -266,4 +275,3 @@ def test_kid_on_float32_features_agrees_with_float64():
     exact = metrics.kid(a.astype(np.float64), b.astype(np.float64), subsets=10, subset_size=100)
     assert fast["mean"] == pytest.approx(exact["mean"], rel=1e-6)
     assert fast["std"] == pytest.approx(exact["std"], rel=1e-5)
-    assert metrics.polynomial_kernel(a[:3], b[:4]).dtype == np.float64
