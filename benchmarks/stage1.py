@@ -2,16 +2,16 @@
 
 The baseline is a straight loop like Hand1000's `cal_mean_feature.py`: one MediaPipe Hands
 (static image mode, 1 hand, confidence 0.5), `cv2.imread` + BGR->RGB per image, mean of the first
-hand's landmarks. Ours runs worker processes (cold: empty cache) and then again on the same
-output folder (warm: every image a cache hit). Both start with numpy, OpenCV and Pillow already
-imported and pay their own `import mediapipe` (~0.6 s idle), as the CLI and `cal_mean_feature.py`
-do: the reference runs in a fresh child process, since in this one ours has already imported
-MediaPipe. The loop time without that import is reported too. All run one after another on the
-same images: by default real HaGRID photos, each in several distinct variants (flip, small
+hand's landmarks. Ours runs worker processes with an empty cache (cold), then again on the same
+output folder (warm: every image a cache hit). Cold runs of both sides happen in fresh child
+processes, as the CLI and `cal_mean_feature.py` run: each starts with numpy, OpenCV and Pillow
+imported and pays its own `import mediapipe`. They alternate, reference then ours, `--repeats`
+times, and each side's best run counts. The reference loop time without its import is reported
+too. The images are by default real HaGRID photos, each in several distinct variants (flip, small
 rotation, brightness, resized to 512 px like the prepared dataset), so no two files share content
 and the cache cannot short-cut the cold run.
 
-    python benchmarks/stage1.py [--images FOLDER] [--variants 8] [--workers 2]
+    python benchmarks/stage1.py [--images FOLDER] [--variants 30] [--workers 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -71,22 +71,30 @@ def reference_loop(paths: list[Path]) -> tuple[np.ndarray, float]:
     return np.mean(features, axis=0), import_seconds
 
 
-def run_reference_child(list_file: Path, out_file: Path) -> None:
-    """`--reference-child`: the reference loop in this fresh process, timed import included."""
-    paths = [Path(line) for line in list_file.read_text().splitlines()]
-    cpu_before = time.process_time()
-    (mean, import_seconds), seconds = timed(lambda: reference_loop(paths))
-    cpu = time.process_time() - cpu_before  # below wall time: the loop waited for a core
-    out_file.write_text(
-        json.dumps({"mean": mean.tolist(), "seconds": seconds, "import": import_seconds, "cpu": cpu})
-    )
+def run_child(kind: str, list_file: Path, folder: Path, out_file: Path) -> None:
+    """`--child`: one timed run in this fresh process: the reference loop, or ours cold."""
+    if kind == "reference":
+        paths = [Path(line) for line in list_file.read_text().splitlines()]
+        cpu_before = time.process_time()
+        (mean, import_seconds), seconds = timed(lambda: reference_loop(paths))
+        cpu = time.process_time() - cpu_before  # below wall time: the loop waited for a core
+        record = {"mean": mean.tolist(), "seconds": seconds, "import": import_seconds, "cpu": cpu}
+    else:
+        workers = int(kind.removeprefix("ours-"))
+        settings = FeaturesSection(workers=workers)
+        with tempfile.TemporaryDirectory() as out:
+            result, seconds = timed(
+                lambda: compute_gesture_feature(folder, Path(out), "bench", settings, progress=False)
+            )
+        record = {"mean": result.mean.tolist(), "seconds": seconds, "report": result.report}
+    out_file.write_text(json.dumps(record))
 
 
-def reference_in_child(paths: list[Path], tmp: Path) -> dict:
-    list_file, out_file = tmp / "reference-paths.txt", tmp / "reference.json"
+def in_child(kind: str, paths: list[Path], folder: Path, tmp: Path) -> dict:
+    list_file, out_file = tmp / "paths.txt", tmp / "child.json"
     list_file.write_text("\n".join(str(p) for p in paths))
     subprocess.run(
-        [sys.executable, __file__, "--reference-child", str(list_file), str(out_file)],
+        [sys.executable, __file__, "--child", kind, str(list_file), str(folder), str(out_file)],
         check=True,
         stderr=subprocess.DEVNULL,  # MediaPipe's start-up log lines
     )
@@ -102,13 +110,22 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, help="folder of images (default: variants of hagrid-mini)")
-    parser.add_argument("--variants", type=int, default=8, help="variants per hagrid-mini photo")
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=30,
+        help="variants per hagrid-mini photo (30: 990 images, a gesture's 1,000)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stage1.json")
-    parser.add_argument("--reference-child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="cold timings: best of this many runs of each, alternating"
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.reference_child:
-        run_reference_child(*args.reference_child)
+    if args.child:
+        kind, list_file, folder, out_file = args.child
+        run_child(kind, Path(list_file), Path(folder), Path(out_file))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,34 +138,45 @@ def main() -> None:
             folder.mkdir()
             paths = write_variants(HAGRID_MINI, folder, args.variants)
         load_before = os.getloadavg()
+        # cold runs, each in a fresh process as the CLI and cal_mean_feature.py run; alternating,
+        # so that a busy moment of the machine falls on both
+        references, colds = [], []
+        for _ in range(args.repeats):
+            references.append(in_child("reference", paths, folder, tmp))
+            colds.append(in_child(f"ours-{args.workers}", paths, folder, tmp))
+        reference = min(references, key=lambda run: run["seconds"])
+        cold = min(colds, key=lambda run: run["seconds"])
+        t_reference, t_cold = reference["seconds"], cold["seconds"]
+        reference_mean = np.array(reference["mean"])
+        t_loop = t_reference - reference["import"]
+
         settings = FeaturesSection(workers=args.workers)
 
         def ours(name: str):
             return compute_gesture_feature(folder, tmp / name, "bench", settings, progress=False)
 
-        # ours first, as the CLI runs it: MediaPipe not loaded in this process yet, so workers fork
-        cold, t_cold = timed(lambda: ours("features"))
+        ours("features")  # fills the cache for the warm run
         warm, t_warm = timed(lambda: ours("features"))
-        reference = reference_in_child(paths, tmp)
-        t_reference, reference_mean = reference["seconds"], np.array(reference["mean"])
-        t_loop = t_reference - reference["import"]
-        # again, now that this process has imported MediaPipe: workers come from the fork server
+        # this process has now run MediaPipe, so the workers come from the fork server
         server, t_server = timed(lambda: ours("features-again"))
         load_after = os.getloadavg()
 
     n = len(paths)
     results = {
         "images": n,
-        "detected": cold.report["detected"],
+        "detected": cold["report"]["detected"],
+        "repeats": args.repeats,
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
         "loadavg_1min_before_after": [load_before[0], load_after[0]],
         "reference_seconds": t_reference,
+        "reference_seconds_runs": [run["seconds"] for run in references],
         "reference_import_seconds": reference["import"],
         "reference_loop_seconds": t_loop,
         "reference_cpu_seconds": reference["cpu"],
         "cold_seconds": t_cold,
-        "cold_worker_start": cold.report["worker_start"],
+        "cold_seconds_runs": [run["seconds"] for run in colds],
+        "cold_worker_start": cold["report"]["worker_start"],
         "warm_seconds": t_warm,
         "cold_forkserver_seconds": t_server,
         "cold_forkserver_worker_start": server.report["worker_start"],
@@ -161,12 +189,13 @@ def main() -> None:
         "warm_speedup": t_reference / t_warm,
         "cold_forkserver_speedup": t_reference / t_server,
         "warm_detections": warm.report["detections_run"],
-        "max_abs_mean_difference": float(np.abs(cold.mean - reference_mean).max()),
+        "max_abs_mean_difference": float(np.abs(np.array(cold["mean"]) - reference_mean).max()),
     }
-    print(f"{n} images, {cold.report['detected']} with a hand, {args.workers} workers, {os.cpu_count()} CPUs")
+    detected = cold["report"]["detected"]
+    print(f"{n} images, {detected} with a hand, {args.workers} workers, {os.cpu_count()} CPUs")
     rows = [
         ("reference loop", t_reference),
-        (f"ours, cold ({cold.report['worker_start']})", t_cold),
+        (f"ours, cold ({cold['report']['worker_start']})", t_cold),
         ("ours, warm", t_warm),
         (f"ours, cold ({server.report['worker_start']})", t_server),
     ]

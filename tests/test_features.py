@@ -243,3 +243,26 @@ def test_a_worker_that_dies_is_a_clear_error_not_a_hang(monkeypatch):
         HandsynthError, match="worker process died while detecting hands in 'call'.*--workers 1"
     ):
         list(features._run_detections(jobs, FeaturesSection(workers=2), context, False, "call"))
+
+
+def test_an_interrupted_run_keeps_its_detections(tmp_path, hagrid_mini, monkeypatch):
+    folder = link_photos(tmp_path / "paper6", hagrid_mini, PAPER_GESTURES)
+    settings = FeaturesSection(workers=1)  # in this process, so the patched detection runs here
+    real_detect, calls = features._detect_file, []
+
+    def interrupted_after_three(job):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(job)
+        return real_detect(job)
+
+    monkeypatch.setattr(features, "_detect_file", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        compute_gesture_feature(folder, tmp_path / "features", settings=settings, progress=False)
+    cache = next((tmp_path / "features" / ".cache").glob("landmarks-*.jsonl"))
+    assert len(files.read_jsonl(cache)) == 3  # flushed on the way out, though the batch was not due
+
+    monkeypatch.setattr(features, "_detect_file", real_detect)
+    resumed = compute_gesture_feature(folder, tmp_path / "features", settings=settings, progress=False)
+    assert resumed.report["cache_hits"] == 3 and resumed.report["detections_run"] == 3
+    assert resumed.keys == PAPER_GESTURES

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import cv2
 import mediapipe as mp
 import numpy as np
@@ -140,3 +144,21 @@ def test_load_rgb_names_missing_and_corrupt_files(tmp_path, hagrid_mini):
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(HandsynthError, match="truncated.jpg"):
         load_rgb(tmp_path / "truncated.jpg")
+
+
+def test_mediapipe_import_leaves_pyplot_to_load_on_first_use():
+    # a fresh interpreter: this one has imported MediaPipe already
+    code = (
+        "import sys\n"
+        "from handsynth.hands import import_mediapipe\n"
+        "mp = import_mediapipe()\n"
+        "assert 'matplotlib.figure' not in sys.modules, 'pyplot was loaded'\n"
+        "import matplotlib.pyplot as plt\n"
+        "figure = plt.figure()\n"
+        "assert 'matplotlib.figure' in sys.modules and figure.number == 1\n"
+        "assert mp.solutions.drawing_utils.plt.gcf() is figure and sys.modules['matplotlib.pyplot'] is plt\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

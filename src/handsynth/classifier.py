@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from handsynth.errors import HandsynthError
-from handsynth.hands import Hand, HandDetector
+from handsynth.hands import Hand, HandDetector, import_mediapipe
 
 TARGET_GESTURES = ("call", "four", "like", "mute", "ok", "palm")
 UNKNOWN = "unknown"
@@ -130,7 +130,7 @@ class GestureClassifier:
     def __init__(
         self, min_detection_confidence: float = 0.5, model_complexity: int = 1, face_confidence: float = 0.5
     ) -> None:
-        import mediapipe as mp
+        mp = import_mediapipe()
 
         self.hands = HandDetector(
             max_num_hands=1,

@@ -269,7 +269,9 @@ def evaluate(
 
 
 def _draw_landmarks(rgb: np.ndarray, detection) -> Image.Image:
-    import mediapipe as mp
+    from handsynth.hands import import_mediapipe
+
+    mp = import_mediapipe()
 
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)

@@ -32,12 +32,13 @@ from handsynth import files
 from handsynth.config import FeaturesSection, add_config_arguments, config_from_args, save_config
 from handsynth.errors import HandsynthError
 from handsynth.gestures import check_gesture
-from handsynth.hands import NUM_LANDMARKS, HandDetector, load_rgb
+from handsynth.hands import NUM_LANDMARKS, HandDetector, import_mediapipe, load_rgb
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 IN_PROCESS_JOBS = 4  # at most this many detections: run them here rather than start workers
+CACHE_FLUSH_SECONDS = 2.0  # new cache entries go to disk at least this often
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,17 @@ def _detector_settings(settings: FeaturesSection) -> dict:
 class LandmarkCache:
     """sha256 of an image file -> first-hand landmarks (21x3 list) or None (no hand), as JSONL.
 
-    Undecodable files are remembered too (`errors`): the same bytes never decode.
+    Undecodable files are remembered too (`errors`): the same bytes never decode. New entries go to
+    disk in batches (`flush`): one write and fsync per image would cost the parent process, which
+    shares the cores with the workers, half a second per few hundred images.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, list | None] = {}
         self.errors: dict[str, str] = {}
+        self.pending: list[dict] = []
+        self.flushed_at = time.monotonic()
         if path.is_file():
             records = files.read_jsonl(path)
             for record in records:
@@ -127,11 +132,23 @@ class LandmarkCache:
 
     def add(self, digest: str, landmarks: list | None) -> None:
         self.entries[digest] = landmarks
-        files.append_jsonl(self.path, {"sha256": digest, "landmarks": landmarks})
+        self._queue({"sha256": digest, "landmarks": landmarks})
 
     def add_error(self, digest: str, error: str) -> None:
         self.errors[digest] = error
-        files.append_jsonl(self.path, {"sha256": digest, "error": error})
+        self._queue({"sha256": digest, "error": error})
+
+    def _queue(self, record: dict) -> None:
+        self.pending.append(record)
+        if time.monotonic() - self.flushed_at > CACHE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the new entries: a killed run loses at most the last few seconds of detections."""
+        if self.pending:
+            files.append_jsonl(self.path, *self.pending)
+            self.pending = []
+        self.flushed_at = time.monotonic()
 
 
 _worker_detector: HandDetector | None = None
@@ -160,7 +177,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     MediaPipe (workers then start at once). Otherwise a fork server that has only imported it
     forks clean workers, after a one-off start of about a second (spawn pays that per worker)."""
     if sys.platform == "linux" and "mediapipe" not in sys.modules:
-        import mediapipe  # noqa: F401  imported before the fork, so no worker imports it again
+        import_mediapipe()  # before the fork, so no worker imports it again
 
         return multiprocessing.get_context("fork")
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -237,12 +254,15 @@ def compute_gesture_feature(
     # a few images, or one worker: not worth starting processes
     context = None if settings.workers <= 1 or len(jobs) <= IN_PROCESS_JOBS else _worker_context()
     detections_run = 0
-    for digest, landmarks, error, calls in _run_detections(jobs, settings, context, progress, label):
-        detections_run += calls
-        if error is None:
-            cache.add(digest, landmarks)
-        else:
-            cache.add_error(digest, error)
+    try:
+        for digest, landmarks, error, calls in _run_detections(jobs, settings, context, progress, label):
+            detections_run += calls
+            if error is None:
+                cache.add(digest, landmarks)
+            else:
+                cache.add_error(digest, error)
+    finally:  # also on Ctrl-C or a dead worker: what was detected is kept
+        cache.flush()
 
     keys, rows, fallback = [], [], []
     missing, corrupt, no_hand = [], [], []

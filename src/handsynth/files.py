@@ -93,12 +93,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one record and flush it to disk, for logs that grow as work completes."""
+def append_jsonl(path: str | os.PathLike, *records: dict) -> None:
+    """Append records and flush them to disk, for logs that grow as work completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.write("".join(json.dumps(record, default=_json_default) + "\n" for record in records))
         f.flush()
         os.fsync(f.fileno())
 

@@ -7,9 +7,12 @@ RGB through a BGR->RGB conversion, and that mix-up is not repeated here.
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,34 @@ HAND_CONF = dict(max_num_hands=2, min_detection_confidence=0.0)  # HAND-CONF met
 FID_H = dict(max_num_hands=2, min_detection_confidence=0.5)  # FID-H / KID-H crops
 
 NUM_LANDMARKS = 21
+
+
+class _PyplotOnFirstUse(types.ModuleType):
+    """What MediaPipe gets for matplotlib.pyplot: it imports the real pyplot when an attribute is
+    first asked for, and forwards to it. (importlib's LazyLoader can't do this: an import
+    statement reads the module's __spec__, which loads it.)"""
+
+    def __getattr__(self, name: str):
+        if sys.modules.get("matplotlib.pyplot") is self:
+            del sys.modules["matplotlib.pyplot"]
+        return getattr(importlib.import_module("matplotlib.pyplot"), name)
+
+
+def import_mediapipe():
+    """`import mediapipe`, without loading matplotlib.pyplot until something uses it.
+
+    MediaPipe's drawing helpers import pyplot at load time, 0.4-0.6 s of MediaPipe's ~0.7 s import,
+    though only their plotting function uses it.
+    """
+    stand_in = None
+    if "mediapipe" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+        stand_in = sys.modules["matplotlib.pyplot"] = _PyplotOnFirstUse("matplotlib.pyplot")
+    try:
+        import mediapipe
+    finally:  # only MediaPipe keeps the stand-in: any later import gets the real pyplot
+        if stand_in is not None and sys.modules.get("matplotlib.pyplot") is stand_in:
+            del sys.modules["matplotlib.pyplot"]
+    return mediapipe
 
 
 def rgb_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
@@ -122,7 +153,7 @@ class HandDetector:
         model_complexity: int = 1,
         box_margin: float = 0.0,
     ) -> None:
-        import mediapipe as mp  # imported here: it takes a second and most commands don't need it
+        mp = import_mediapipe()  # imported here: it takes a second and most commands don't need it
 
         if max_num_hands < 1:
             raise HandsynthError(f"max_num_hands must be at least 1, got {max_num_hands}")
