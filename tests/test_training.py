@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,37 @@ def test_stage2_then_stage3_lower_the_loss_on_fixed_pairs(tiny_sd_path, tiny_dat
     assert [before, after_stage2, after_stage3] == pytest.approx([1.1127, 1.0907, 0.6522], abs=2e-3)
 
 
+def test_adam8bit_keeps_8_bit_state_and_trains(tiny_sd_path, tiny_data, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    dataset, feature = tiny_data
+    config = tiny_config(tiny_sd_path, optimizer="adam8bit", unet_lr=1e-4)
+    trainer = training.Trainer(
+        config,
+        Accelerator(cpu=True),
+        training.load_base_models(str(tiny_sd_path)),
+        training.read_mean_feature(feature),
+        tmp_path,
+        {"gesture": GESTURE, "schedule": "reference"},
+        total_steps=1,
+        validation_captions=[],
+    )
+    trainer.begin_unit(training.read_train_items(dataset, GESTURE)[:1], fresh=True, reset_unet_optimizer=True)
+    g = torch.Generator().manual_seed(1)
+    t, noise = torch.tensor([500]), torch.randn(1, 4, 32, 32, generator=g)
+    before = {k: v.clone() for k, v in trainer.trainable.items()}
+    trainer.unet_step(trainer.latents, trainer.frozen_embeddings(), t, noise, trainer.keys)
+    optimizer = trainer.unet_optimizer.optimizer  # accelerate's wrapper around it
+    assert type(optimizer).__name__ == "Adam8bit"
+    big = [p for p in trainer.trainable.values() if p.numel() >= 4096]
+    assert big and all(optimizer.state[p]["state1"].dtype == torch.uint8 for p in big)
+    assert all(not torch.equal(before[k], p) for k, p in trainer.trainable.items() if p.numel() >= 4096)
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(HandsynthError, match='optimizer = "adam8bit" needs bitsandbytes'):
+        training.make_unet_optimizer(big, config.train)
+
+
 def test_reference_schedule_takes_10_plus_20_steps_per_image(tiny_sd_path, tiny_data, tmp_path):
     dataset, feature = tiny_data
     steps: list[tuple[str, float, int]] = []
@@ -180,8 +212,10 @@ def test_reference_schedule_takes_10_plus_20_steps_per_image(tiny_sd_path, tiny_
         dict(schedule="reference", embedding_steps=2, unet_steps=4, max_images=1, model__train_fusion=False),
         # 3 images, batches of 2: 2 embedding steps, then 2 epochs of 2 UNet steps; stopped inside Stage III
         dict(schedule="batched", batch_size=2, embedding_steps=1, unet_epochs=2, model__train_fusion=True),
+        # the same with bitsandbytes' 8-bit Adam: its quantised state goes through the checkpoint
+        dict(schedule="batched", batch_size=2, embedding_steps=1, unet_epochs=2, optimizer="adam8bit"),
     ],
-    ids=["reference", "batched"],
+    ids=["reference", "batched", "batched-adam8bit"],
 )
 def test_resume_ends_bit_identical(tiny_sd_path, tiny_data, tmp_path, settings):
     dataset, feature = tiny_data
@@ -316,10 +350,45 @@ def test_bad_inputs_get_clear_errors(tiny_sd_path, tiny_data, tmp_path):
         train_hand1000(tiny_config(tiny_sd_path), dataset, feature, tmp_path, "palm")
     with pytest.raises(HandsynthError, match="run `handsynth features`"):
         train_hand1000(tiny_config(tiny_sd_path), dataset, tmp_path / "nope.npy", tmp_path, GESTURE)
-    with pytest.raises(HandsynthError, match="use_8bit_adam needs a CUDA GPU"):
-        train_hand1000(tiny_config(tiny_sd_path, use_8bit_adam=True), dataset, feature, tmp_path, GESTURE)
+    with pytest.raises(HandsynthError, match="train.optimizer must be one of auto, adam, adam8bit"):
+        train_hand1000(tiny_config(tiny_sd_path, optimizer="sgd"), dataset, feature, tmp_path, GESTURE)
     with pytest.raises(HandsynthError, match="no checkpoint"):
         train_hand1000(tiny_config(tiny_sd_path, init_from="resume"), dataset, feature, tmp_path, GESTURE)
+
+
+@pytest.mark.parametrize(
+    "device,cuda,bf16,bitsandbytes,expected",
+    [
+        ("auto", False, False, True, ("no", "adam")),  # CPU: fp32 and torch Adam, as the reference
+        ("auto", True, True, True, ("bf16", "adam8bit")),
+        ("auto", True, False, True, ("fp16", "adam8bit")),  # a GPU without bf16
+        ("auto", True, True, False, ("bf16", "adam")),  # bitsandbytes not installed
+        ("cpu", True, True, True, ("no", "adam")),  # run.device = "cpu" on a GPU machine
+    ],
+)
+def test_auto_precision_and_optimizer_follow_the_machine(
+    monkeypatch, device, cuda, bf16, bitsandbytes, expected
+):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "bitsandbytes":
+            return object() if bitsandbytes else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    config = Config()
+    config.run.device = device
+    resolved = training.resolve_auto_settings(config).train
+    assert (resolved.mixed_precision, resolved.optimizer) == expected
+    config.train.mixed_precision, config.train.optimizer = "fp16", "adam"  # explicit settings are kept
+    resolved = training.resolve_auto_settings(config).train
+    assert (resolved.mixed_precision, resolved.optimizer) == ("fp16", "adam")
+    assert config.train.optimizer == "adam" and Config().train.optimizer == "auto"  # not changed in place
 
 
 def test_corrupt_image_is_skipped_and_counted(tiny_data, tmp_path, caplog):

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("reference", "batched")
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OPTIMIZERS = ("adam", "adam8bit")
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 VALIDATION_PROMPTS = 4
 
@@ -224,23 +225,36 @@ def diffusion_loss(
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 
-def make_unet_optimizer(
-    params: list[torch.nn.Parameter], train: Any, device: torch.device
-) -> torch.optim.Optimizer:
-    """Adam, as the reference; bitsandbytes' 8-bit Adam when `use_8bit_adam` (CUDA only)."""
-    if not train.use_8bit_adam:
+def make_unet_optimizer(params: list[torch.nn.Parameter], train: Any) -> torch.optim.Optimizer:
+    """Adam, as the reference; bitsandbytes' blockwise 8-bit Adam for `optimizer = "adam8bit"`."""
+    if train.optimizer == "adam":
         return torch.optim.Adam(params, lr=train.unet_lr)
-    if device.type != "cuda":
-        raise HandsynthError(
-            "train.use_8bit_adam needs a CUDA GPU (bitsandbytes); set it to false on this device"
-        )
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise HandsynthError(
-            "train.use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`, or set it to false"
+            'train.optimizer = "adam8bit" needs bitsandbytes: `pip install "handsynth[gpu]"`, or use "adam"'
         ) from None
     return bnb.optim.Adam8bit(params, lr=train.unet_lr)
+
+
+def resolve_auto_settings(config: Config) -> Config:
+    """The config with `train.mixed_precision` and `train.optimizer` "auto" made concrete here.
+
+    On a CUDA GPU: bf16 (fp16 where the GPU lacks bf16), and bitsandbytes' 8-bit Adam when it is
+    installed. Together they keep parameters, gradients and optimiser state at 0.32 of the
+    reference's (benchmarks/train_memory.py). On CPU: fp32 and torch Adam, as the reference.
+    """
+    train = config.train
+    cuda = config.run.device != "cpu" and torch.cuda.is_available()
+    precision, optimizer = train.mixed_precision, train.optimizer
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if optimizer == "auto":
+        optimizer = "adam8bit" if cuda and importlib.util.find_spec("bitsandbytes") else "adam"
+    return dataclasses.replace(
+        config, train=dataclasses.replace(train, mixed_precision=precision, optimizer=optimizer)
+    )
 
 
 # -------------------------------------------------------------------------------------- trainer
@@ -266,6 +280,7 @@ class Trainer:
     ) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
+        config = resolve_auto_settings(config)  # done by train_hand1000 already; here for direct use
         self.config, self.acc, self.work, self.plan, self.total_steps = (
             config,
             accelerator,
@@ -325,7 +340,7 @@ class Trainer:
             self.leaf = torch.nn.Parameter(torch.zeros(rows, seq_len, text_dim, device=device))
             embedding_params = [self.leaf]
         embedding_optimizer = torch.optim.Adam(embedding_params, lr=train.embedding_lr)
-        unet_optimizer = make_unet_optimizer(list(self.trainable.values()), train, device)
+        unet_optimizer = make_unet_optimizer(list(self.trainable.values()), train)
         if config.model.train_fusion:
             self.unet, self.fusion, self.embedding_optimizer, self.unet_optimizer = accelerator.prepare(
                 unet, fusion, embedding_optimizer, unet_optimizer
@@ -748,8 +763,10 @@ def _check_train_settings(config: Config) -> None:
         raise HandsynthError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{train.schedule}'")
     if train.init_from not in ("scratch", "resume"):
         raise HandsynthError(f"train.init_from must be scratch or resume, got '{train.init_from}'")
-    if train.mixed_precision not in PRECISIONS:
-        raise HandsynthError(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}")
+    if train.mixed_precision not in ("auto", *PRECISIONS):
+        raise HandsynthError(f"train.mixed_precision must be one of auto, {', '.join(PRECISIONS)}")
+    if train.optimizer not in ("auto", *OPTIMIZERS):
+        raise HandsynthError(f"train.optimizer must be one of auto, {', '.join(OPTIMIZERS)}")
     if train.batch_size < 1 or train.embedding_steps < 0 or train.unet_steps < 0 or train.lora_rank < 0:
         raise HandsynthError("train.batch_size must be >= 1, and the step counts and lora_rank >= 0")
     if train.schedule == "batched" and train.embedding_steps < 1:
@@ -793,6 +810,7 @@ def train_hand1000(
 
     check_gesture(gesture)
     _check_train_settings(config)
+    config = resolve_auto_settings(config)
     train = config.train
     out_dir = Path(out_dir)
     model_dir = Path(model_dir) if model_dir else out_dir / "models" / gesture
@@ -938,8 +956,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mixed-precision",
         dest="train.mixed_precision",
-        choices=tuple(PRECISIONS),
-        help="no, fp16 or bf16 (no)",
+        choices=("auto", *PRECISIONS),
+        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16 (auto)",
     )
     parser.add_argument(
         "--gradient-checkpointing",
@@ -949,11 +967,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         help="recompute UNet activations in the backward pass (less memory, slower)",
     )
     parser.add_argument(
-        "--use-8bit-adam",
-        dest="train.use_8bit_adam",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bitsandbytes 8-bit Adam for the UNet (CUDA only)",
+        "--optimizer",
+        dest="train.optimizer",
+        choices=("auto", *OPTIMIZERS),
+        help="UNet optimiser: auto (adam8bit on CUDA when bitsandbytes is installed, else adam), "
+        "adam, or adam8bit, bitsandbytes' 8-bit Adam (auto)",
     )
     parser.add_argument(
         "--lora-rank", dest="train.lora_rank", type=int, help="train a LoRA of this rank (0: full UNet)"
