@@ -179,6 +179,31 @@ def test_adam8bit_keeps_8_bit_state_and_trains(tiny_sd_path, tiny_data, tmp_path
         training.make_unet_optimizer(big, config.train)
 
 
+def test_losses_and_validation_grids_go_to_tensorboard(tiny_sd_path, tiny_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dataset, feature = tiny_data
+    config = tiny_config(
+        tiny_sd_path, embedding_steps=2, unet_steps=2, max_images=1, validate_every=2, generate__steps=2
+    )
+    train_hand1000(config, dataset, feature, tmp_path, GESTURE)
+    work = tmp_path / "train" / GESTURE
+    (events,) = (work / "hand1000").glob("events.out.tfevents.*")
+    board = EventAccumulator(str(events), size_guidance={"images": 0})
+    board.Reload()
+    logged = [json.loads(line) for line in (work / "loss.jsonl").read_text().splitlines()]
+    for stage in ("embedding", "unet"):
+        scalars = [(e.step, e.value) for e in board.Scalars(f"loss/{stage}")]
+        expected = [(r["step"], r["loss"]) for r in logged if r["stage"] == stage]
+        assert [s for s, _ in scalars] == [s for s, _ in expected] and len(expected) == 2
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert [e.step for e in board.Images("validation")] == [2, 4]
+    assert sorted(p.name for p in (work / "validation").glob("*.png")) == [
+        "step-00000002.png",
+        "step-00000004.png",
+    ]
+
+
 def test_reference_schedule_takes_10_plus_20_steps_per_image(tiny_sd_path, tiny_data, tmp_path):
     dataset, feature = tiny_data
     steps: list[tuple[str, float, int]] = []

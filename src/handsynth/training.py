@@ -622,7 +622,7 @@ class Trainer:
             files.save_image(self.work / "validation" / f"step-{self.step:08d}.png", grid)
             if self.acc.trackers:
                 self.acc.get_tracker("tensorboard").log_images(
-                    {"validation": np.asarray(grid)[None]}, self.step
+                    {"validation": np.asarray(grid)[None]}, self.step, dataformats="NHWC"
                 )
         self.acc.wait_for_everyone()
 
@@ -855,7 +855,7 @@ def train_hand1000(
     models = load_base_models(config.model.base)
     captions = [item.caption for item in items[:VALIDATION_PROMPTS]]
     trainer = Trainer(config, acc, models, feature, work, plan, total, captions)
-    if acc.trackers:
+    if acc.log_with:  # tensorboard, when installed; acc.trackers stays empty until this call
         acc.init_trackers("hand1000")
     if train.init_from == "resume":
         trainer.load_checkpoint()
