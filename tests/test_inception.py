@@ -110,6 +110,17 @@ def test_load_inception_from_flag_env_and_cache(weights_file, model, monkeypatch
         inception.load_inception(bad)
 
 
+def test_weights_without_batch_norm_counters_load(model, tmp_path):
+    # A file converted from the TF graph may hold no num_batches_tracked (a plain dict, no version
+    # metadata): batch norm then fills them in, so the strict load still takes it.
+    plain = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(plain) < len(model.state_dict())
+    path = tmp_path / "converted.pth"
+    torch.save(plain, path)
+    loaded = inception.load_inception(path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in plain.items())
+
+
 def test_preprocess_modes():
     # 601x299: left red, right blue, an 11 px green column in the middle
     rgb = np.zeros((299, 601, 3), np.uint8)

@@ -137,7 +137,7 @@ def kid_subset_indices(
     return idx1, idx2
 
 
-def _indicators(index: np.ndarray, n: int, dtype: type) -> np.ndarray:
+def _indicators(index: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
     """(S, n) 0/1 rows: row s marks the members of subset s."""
     rows = np.zeros((len(index), n), dtype=dtype)
     np.put_along_axis(rows, index, 1, axis=1)
