@@ -219,6 +219,7 @@ def comma_list(text: str) -> list[str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --set and --output-dir: what every command that reads a run config takes."""
     parser.add_argument("--config", type=Path, help="TOML run config; flags below override it")
     parser.add_argument(
         "--set",
@@ -226,6 +227,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override any config key, e.g. --set train.unet_lr=2e-6 (repeatable)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        dest="run.output_dir",
+        metavar="DIR",
+        help="run folder (default: run.output_dir, runs/demo)",
     )
 
 

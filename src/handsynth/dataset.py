@@ -650,7 +650,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "train.jsonl, test.jsonl, reference/ and report.json. Finished work is skipped on a re-run.",
     )
     add_config_arguments(build)
-    _add_location_arguments(build)
+    _add_dataset_dir_argument(build)
     build.add_argument(
         "--source", dest="data.source", metavar="DIR", help="HaGRID folder (v1 or v2 layout), or 'synthetic'"
     )
@@ -703,7 +703,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "split and gesture, as the official dataset_evaluate.py. Writes JSON and prints a table.",
     )
     add_config_arguments(evaluate)
-    _add_location_arguments(evaluate)
+    _add_dataset_dir_argument(evaluate)
     evaluate.add_argument(
         "--clip-model", dest="data.clip_model", metavar="ID", help="CLIP hub id or local folder"
     )
@@ -717,10 +717,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-def _add_location_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output-dir", dest="run.output_dir", metavar="DIR", help="run folder (default runs/demo)"
-    )
+def _add_dataset_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset-dir", type=Path, metavar="DIR", help="dataset folder (default <output-dir>/dataset)"
     )

@@ -47,7 +47,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "does with real models. Finished steps are skipped on a re-run.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--output-dir", dest="run.output_dir", help="run folder (default runs/demo)")
     parser.add_argument(
         "--gestures",
         dest="data.gestures",

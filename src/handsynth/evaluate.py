@@ -395,7 +395,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "samples.png per gesture; Inception features are cached so a second model re-reads no real image.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--output-dir", dest="run.output_dir", help="run folder (default runs/demo)")
     parser.add_argument(
         "--real",
         type=Path,

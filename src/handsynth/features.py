@@ -343,7 +343,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "report. Results are cached by file content, so a re-run detects nothing it has seen.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--output-dir", dest="run.output_dir", help="run folder (default runs/demo)")
     parser.add_argument(
         "--dataset",
         dest="features.dataset",

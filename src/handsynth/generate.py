@@ -207,9 +207,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument(
-        "--output-dir", metavar="DIR", dest="run.output_dir", help="run folder (default runs/demo)"
-    )
-    parser.add_argument(
         "--model",
         type=Path,
         metavar="DIR",

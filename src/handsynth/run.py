@@ -148,7 +148,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "gesture in the config. Finished steps are skipped; an interrupted step resumes.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--output-dir", dest="run.output_dir", help="run folder (config run.output_dir)")
     parser.set_defaults(func=run_command)
 
 

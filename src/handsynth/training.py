@@ -908,7 +908,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "<output-dir>/train/<gesture>/ (loss.jsonl, checkpoints, config). Runs under `accelerate launch`.",
     )
     add_config_arguments(parser)
-    parser.add_argument("--output-dir", dest="run.output_dir", help="run folder (default runs/demo)")
     parser.add_argument(
         "--dataset-dir", type=Path, help="dataset folder with train.jsonl (default <output-dir>/dataset)"
     )
