@@ -68,6 +68,25 @@ def tiny_config(base: Path, **train) -> Config:
     return config
 
 
+def first_image_trainer(config: Config, tiny_data, work: Path, total_steps: int) -> training.Trainer:
+    """A Trainer on CPU (reference schedule), its unit begun on the first training image."""
+    from accelerate import Accelerator
+
+    dataset, feature = tiny_data
+    trainer = training.Trainer(
+        config,
+        Accelerator(cpu=True),
+        training.load_base_models(config.model.base),
+        training.read_mean_feature(feature),
+        work,
+        {"gesture": GESTURE, "schedule": "reference"},
+        total_steps=total_steps,
+        validation_captions=[],
+    )
+    trainer.begin_unit(training.read_train_items(dataset, GESTURE)[:1], fresh=True, reset_unet_optimizer=True)
+    return trainer
+
+
 def unet_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -95,22 +114,8 @@ def test_stage2_then_stage3_lower_the_loss_on_fixed_pairs(tiny_sd_path, tiny_dat
     The tiny random UNet barely listens to its text input: at the paper's lr 1e-3, 50 steps move the loss
     by 3e-4, so the test uses 0.1 (and 1e-4 for the UNet) to make both effects measurable.
     """
-    from accelerate import Accelerator
-
-    dataset, feature = tiny_data
     config = tiny_config(tiny_sd_path, embedding_lr=0.1, unet_lr=1e-4, model__train_fusion=False)
-    item = training.read_train_items(dataset, GESTURE)[0]
-    trainer = training.Trainer(
-        config,
-        Accelerator(cpu=True),
-        training.load_base_models(str(tiny_sd_path)),
-        training.read_mean_feature(feature),
-        tmp_path,
-        {"gesture": GESTURE, "schedule": "reference"},
-        total_steps=70,
-        validation_captions=[],
-    )
-    trainer.begin_unit([item], fresh=True, reset_unet_optimizer=True)
+    trainer = first_image_trainer(config, tiny_data, tmp_path, total_steps=70)
     g = torch.Generator().manual_seed(1)
     pairs = [(torch.tensor([t]), torch.randn(1, 4, 32, 32, generator=g)) for t in (100, 400, 700, 950)]
     z0 = trainer.latents
@@ -149,21 +154,8 @@ def test_stage2_then_stage3_lower_the_loss_on_fixed_pairs(tiny_sd_path, tiny_dat
 
 
 def test_adam8bit_keeps_8_bit_state_and_trains(tiny_sd_path, tiny_data, tmp_path, monkeypatch):
-    from accelerate import Accelerator
-
-    dataset, feature = tiny_data
     config = tiny_config(tiny_sd_path, optimizer="adam8bit", unet_lr=1e-4)
-    trainer = training.Trainer(
-        config,
-        Accelerator(cpu=True),
-        training.load_base_models(str(tiny_sd_path)),
-        training.read_mean_feature(feature),
-        tmp_path,
-        {"gesture": GESTURE, "schedule": "reference"},
-        total_steps=1,
-        validation_captions=[],
-    )
-    trainer.begin_unit(training.read_train_items(dataset, GESTURE)[:1], fresh=True, reset_unet_optimizer=True)
+    trainer = first_image_trainer(config, tiny_data, tmp_path, total_steps=1)
     g = torch.Generator().manual_seed(1)
     t, noise = torch.tensor([500]), torch.randn(1, 4, 32, 32, generator=g)
     before = {k: v.clone() for k, v in trainer.trainable.items()}
