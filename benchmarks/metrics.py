@@ -1,4 +1,4 @@
-"""FID and KID speed: the reference math vs `handsynth.metrics`, on cached 2048-d features.
+"""FID and KID speed: the reference math vs `handsynth.evaluation.metrics`, on cached 2048-d features.
 
 Reference, as TF-FID / pytorch-fid and the usual numpy KID scripts compute them:
 - FID: `scipy.linalg.sqrtm(sigma1 @ sigma2)`, with the eps retry when it is not finite;
@@ -31,7 +31,7 @@ import numpy as np
 from scipy import linalg
 
 from handsynth import files
-from handsynth.metrics import fid_from_features, kid, kid_subset_indices
+from handsynth.evaluation.metrics import fid_from_features, kid, kid_subset_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

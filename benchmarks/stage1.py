@@ -31,7 +31,7 @@ from PIL import Image, ImageEnhance
 
 from handsynth import files
 from handsynth.config import FeaturesSection
-from handsynth.features import compute_gesture_feature
+from handsynth.hand1000.features import compute_gesture_feature
 
 ROOT = Path(__file__).resolve().parents[1]
 HAGRID_MINI = ROOT.parent / "shared" / "data" / "hagrid-mini" / "images"

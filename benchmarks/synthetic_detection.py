@@ -1,6 +1,6 @@
 """How often MediaPipe Hands finds the synthetic hands, against the real HaGRID photos as baseline.
 
-Renders N images per gesture with `handsynth.synthetic.render_sample` and runs the Stage I detector
+Renders N images per gesture with `handsynth.data.synthetic.render_sample` and runs the Stage I detector
 (1 hand, confidence 0.5) on each; the baseline is the same detector on ../shared/data/hagrid-mini.
 Also reports how far the detected landmarks sit from the drawn ones (mean |dx|,|dy|, normalised).
 
@@ -16,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from handsynth import files
-from handsynth.hands import STAGE1, HandDetector, load_rgb
-from handsynth.synthetic import SYNTHETIC_GESTURES, render_sample
+from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample
+from handsynth.files import load_rgb
+from handsynth.perception.hands import STAGE1, HandDetector
 
 HAGRID_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "hagrid-mini"
 

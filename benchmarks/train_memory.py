@@ -31,8 +31,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from handsynth import files
-from handsynth.fusion import fusion_parameter_count
-from handsynth.training import LORA_TARGETS
+from handsynth.hand1000.fusion import fusion_parameter_count
+from handsynth.hand1000.trainer import LORA_TARGETS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_memory.json"
 SEQ_LEN, TEXT_DIM = 77, 768

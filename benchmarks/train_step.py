@@ -1,6 +1,6 @@
 """Training speed: samples per second for the `reference` schedule against `batched`, in one run.
 
-Both schedules run through `handsynth.training.Trainer` (the code `handsynth train` runs) on random
+Both schedules run through `handsynth.hand1000.trainer.Trainer` (the code `handsynth train` runs) on random
 latents and embeddings, on two models: the tiny test model (32x32 latents) and a UNet with SD v1.4's
 config (859.5 M parameters, random weights) at a small latent size.
 
@@ -38,8 +38,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from handsynth import files
 from handsynth.config import Config
+from handsynth.hand1000.trainer import BaseModels, Trainer, load_base_models
 from handsynth.tiny.sd import write_tiny_sd
-from handsynth.training import BaseModels, Trainer, load_base_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_memory import SD14_UNET  # noqa: E402

@@ -51,7 +51,7 @@ def tiny_hand1000_path(tiny_sd_path, tmp_path_factory) -> Path:
     import numpy as np
     import torch
 
-    from handsynth.fusion import TokenFusion, save_hand1000
+    from handsynth.hand1000.fusion import TokenFusion, save_hand1000
     from handsynth.tiny.sd import TEXT_DIM
 
     folder = tmp_path_factory.mktemp("models") / "tiny-hand1000"

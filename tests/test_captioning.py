@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from handsynth import files
-from handsynth.captioning import (
+from handsynth.data.captioning import (
     DEFAULT_MODELS,
     caption_images,
     clean_caption,

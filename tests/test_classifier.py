@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handsynth.classifier import TARGET_GESTURES, GestureClassifier, classify_landmarks, finger_states
 from handsynth.errors import HandsynthError
-from handsynth.hands import load_rgb
+from handsynth.files import load_rgb
+from handsynth.perception.classifier import (
+    TARGET_GESTURES,
+    GestureClassifier,
+    classify_landmarks,
+    finger_states,
+)
 
 # A non-target photo may be "unknown" or its nearest target: the same hand shape, read differently.
 NEAREST_TARGET = {

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handsynth import dataset, files
+from handsynth import files
 from handsynth.config import Config
-from handsynth.dataset import (
+from handsynth.data import dataset
+from handsynth.data.dataset import (
     CropPlan,
     apply_crop,
     plan_crop,
@@ -24,10 +25,10 @@ from handsynth.dataset import (
     transform_box,
     transform_points,
 )
+from handsynth.data.gestures import gesture_phrase
+from handsynth.data.hagrid import HagridRecord, check_image, read_hagrid
+from handsynth.data.rewriting import pronoun_for
 from handsynth.errors import HandsynthError
-from handsynth.gestures import gesture_phrase
-from handsynth.hagrid import HagridRecord, check_image, read_hagrid
-from handsynth.rewriting import pronoun_for
 
 
 def _records(n: int, users: int | None = None, gesture: str = "call") -> list[HagridRecord]:
@@ -260,9 +261,9 @@ def _config(source: Path, out: Path, **data) -> Config:
 
 
 def test_build_on_synthetic_with_metadata_captions(tmp_path, monkeypatch):
-    pytest.importorskip("handsynth.captioning")
-    from handsynth.dataset import build_dataset
-    from handsynth.synthetic import write_synthetic_hagrid
+    pytest.importorskip("handsynth.data.captioning")
+    from handsynth.data.dataset import build_dataset
+    from handsynth.data.synthetic import write_synthetic_hagrid
 
     source = write_synthetic_hagrid(tmp_path / "syn", ["call", "palm"], per_gesture=7, size=48, seed=0)
     config = _config(source, tmp_path / "run", gestures=["call", "palm"], n_train=3, n_test=3,

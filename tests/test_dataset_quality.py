@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from handsynth.dataset_quality import (
+from handsynth.data.gestures import gesture_phrase
+from handsynth.data.quality import (
     evaluate_dataset_quality,
     image_features,
     load_clip,
@@ -19,7 +20,6 @@ from handsynth.dataset_quality import (
     similarities,
 )
 from handsynth.errors import HandsynthError
-from handsynth.gestures import gesture_phrase
 from handsynth.tiny.clip import write_tiny_clip
 
 METRICS = ("image_caption", "caption_caption", "caption_caption_with_self")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from handsynth import evaluate, files, inception, metrics
+from handsynth import files
 from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
+from handsynth.evaluation import evaluate, inception, metrics
 from handsynth.tiny.inception import write_random_inception
 
 REAL = ["call", "four", "like", "mute", "ok", "palm", "hand_heart", "holy"]

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handsynth import cli, features, files
+from handsynth import cli, files
 from handsynth.config import FeaturesSection
 from handsynth.errors import HandsynthError
-from handsynth.features import compute_gesture_feature
+from handsynth.hand1000 import features
+from handsynth.hand1000.features import compute_gesture_feature
 
 PAPER_GESTURES = ["call", "four", "like", "mute", "ok", "palm"]
 
@@ -81,7 +82,7 @@ def test_mean_feature_of_the_six_paper_gestures_and_cached_rerun(tmp_path, hagri
 FRESH_PROCESS = """
 import json, sys
 from handsynth.config import FeaturesSection
-from handsynth.features import compute_gesture_feature
+from handsynth.hand1000.features import compute_gesture_feature
 settings = FeaturesSection(workers=2)
 result = compute_gesture_feature(sys.argv[1], sys.argv[2], settings=settings, progress=False)
 print(json.dumps({"start": result.report["worker_start"], "features": result.features.tolist()}))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handsynth.errors import HandsynthError
-from handsynth.fusion import (
+from handsynth.hand1000.fusion import (
     FlatFusion,
     TokenFusion,
     build_fusion,
@@ -89,7 +89,7 @@ def test_flat_fusion_is_built_lazily_and_warns_about_memory(caplog):
     assert fusion.fc.weight.is_meta  # 14 GB not allocated by construction
     assert fusion_parameter_count("flat", 768) == 3_500_851_200
     small = build_fusion("flat", 8, seq_len=5)
-    with caplog.at_level(logging.WARNING, logger="handsynth.fusion"):
+    with caplog.at_level(logging.WARNING, logger="handsynth.hand1000.fusion"):
         small.materialize()
     # (5*8 + 63) * 40 + 40 parameters
     assert "flat fusion: allocating 4,160 parameters" in caplog.text

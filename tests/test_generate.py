@@ -13,8 +13,8 @@ from handsynth import files
 from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.generate import generate_samples, read_prompts
-from handsynth.pipeline import Hand1000Pipeline
+from handsynth.hand1000.generate import generate_samples, read_prompts
+from handsynth.hand1000.pipeline import Hand1000Pipeline
 
 PROMPTS = ["a man making phone call hand gesture", "a woman in a blue coat making phone call hand gesture"]
 
@@ -216,7 +216,7 @@ def test_a_folder_from_handsynth_train_generates(tmp_path, tiny_sd_path):
     """End to end: train_hand1000 writes the folder; plain diffusers and generate_samples both use it."""
     from diffusers import StableDiffusionPipeline
 
-    from handsynth.training import train_hand1000
+    from handsynth.hand1000.trainer import train_hand1000
 
     rng = np.random.default_rng(0)
     rows = []

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
+from handsynth.data.gestures import PHRASE_TEMPLATES
+from handsynth.data.hagrid import check_image, read_hagrid, verify_images
 from handsynth.errors import HandsynthError
-from handsynth.gestures import PHRASE_TEMPLATES
-from handsynth.hagrid import check_image, read_hagrid, verify_images
 
 ALL_GESTURES = sorted(PHRASE_TEMPLATES)
 TWO_HANDED = {"hand_heart", "hand_heart2", "take_photo", "thumb_index2", "timeout", "xsign"}

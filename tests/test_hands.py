@@ -1,4 +1,4 @@
-"""handsynth.hands against MediaPipe called directly, the way the reference scripts call it."""
+"""handsynth.perception.hands against MediaPipe called directly, the way the reference scripts call it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from handsynth.errors import HandsynthError
-from handsynth.hands import FID_H, HAND_CONF, STAGE1, HandDetector, load_rgb
+from handsynth.files import load_rgb
+from handsynth.perception.hands import FID_H, HAND_CONF, STAGE1, HandDetector
 
 
 def photo(hagrid_mini, gesture):
@@ -150,7 +151,7 @@ def test_mediapipe_import_leaves_pyplot_to_load_on_first_use():
     # a fresh interpreter: this one has imported MediaPipe already
     code = (
         "import sys\n"
-        "from handsynth.hands import import_mediapipe\n"
+        "from handsynth.perception.hands import import_mediapipe\n"
         "mp = import_mediapipe()\n"
         "assert 'matplotlib.figure' not in sys.modules, 'pyplot was loaded'\n"
         "import matplotlib.pyplot as plt\n"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from handsynth import inception, metrics
 from handsynth.errors import HandsynthError
+from handsynth.evaluation import inception, metrics
 from handsynth.tiny.inception import random_inception, write_random_inception
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pt_inception_keys.json"

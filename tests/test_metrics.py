@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from scipy import linalg
 
-from handsynth import metrics
 from handsynth.errors import HandsynthError
+from handsynth.evaluation import metrics
 
 
 def _gaussian_sets(n: int = 300, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -210,8 +210,8 @@ def test_hand_crops_equal_mediapipe_called_directly(hagrid_mini, tmp_path):
 
 
 def test_gesture_accuracy_matches_the_classifier_on_the_six_gestures(hagrid_mini):
-    from handsynth.classifier import GestureClassifier
-    from handsynth.hands import load_rgb
+    from handsynth.files import load_rgb
+    from handsynth.perception.classifier import GestureClassifier
 
     paths = [next((hagrid_mini / "images" / g).glob("*.jpg")) for g in PAPER_GESTURES]
     result = metrics.gesture_accuracy(paths, PAPER_GESTURES)

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
 
 from handsynth.errors import HandsynthError
-from handsynth.pipeline import Hand1000Pipeline
+from handsynth.hand1000.pipeline import Hand1000Pipeline
 
 PROMPT = "a man in a red shirt making phone call hand gesture"
 STEPS = 4  # few steps keep the test fast; the sampler code path is the same as at 45
@@ -118,9 +118,9 @@ def test_mu_one_is_plain_stable_diffusion(pipe):
 
 def test_long_prompt_warning_names_the_prompt(pipe, caplog):
     long_prompt = "a woman with a green scarf " * 20 + "making phone call hand gesture"
-    with caplog.at_level(logging.WARNING, logger="handsynth.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="handsynth.hand1000.pipeline"):
         pipe.encode([PROMPT, long_prompt])
-    messages = [r.getMessage() for r in caplog.records if r.name == "handsynth.pipeline"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "handsynth.hand1000.pipeline"]
     assert len(messages) == 1
     assert repr(long_prompt) in messages[0] and "longer than CLIP's 77" in messages[0]
 
@@ -143,7 +143,7 @@ def test_flat_fusion_folder_conditions_as_the_reference(tiny_sd_path, tmp_path):
     """The reference's flat fusion: d = (1−μ)·reshape(W·[flatten(e); f] + b) + μ·e."""
     import shutil
 
-    from handsynth.fusion import FlatFusion, save_hand1000
+    from handsynth.hand1000.fusion import FlatFusion, save_hand1000
 
     folder = tmp_path / "flat"
     shutil.copytree(tiny_sd_path, folder)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from handsynth.errors import HandsynthError
-from handsynth.gestures import PHRASE_TEMPLATES, gesture_phrase
-from handsynth.rewriting import (
+from handsynth.data.gestures import PHRASE_TEMPLATES, gesture_phrase
+from handsynth.data.rewriting import (
     PROMPT_TEMPLATE,
     build_prompt,
     pronoun_for,
@@ -18,6 +17,7 @@ from handsynth.rewriting import (
     summarize,
     validate_rewrite,
 )
+from handsynth.errors import HandsynthError
 
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
 

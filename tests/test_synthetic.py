@@ -4,8 +4,8 @@ import mediapipe as mp
 import numpy as np
 import pytest
 
-from handsynth.hagrid import read_hagrid
-from handsynth.synthetic import SYNTHETIC_GESTURES, render_sample, write_synthetic_hagrid
+from handsynth.data.hagrid import read_hagrid
+from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample, write_synthetic_hagrid
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_reader_round_trip_gives_the_drawn_landmarks(synthetic):
 
 
 def _key(gesture, index):
-    from handsynth.synthetic import sample_key
+    from handsynth.data.synthetic import sample_key
 
     return sample_key(7, gesture, index)
 

@@ -13,11 +13,11 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from handsynth import training
 from handsynth.cli import main as cli_main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.training import NonFiniteLoss, train_hand1000
+from handsynth.hand1000 import trainer as training
+from handsynth.hand1000.trainer import NonFiniteLoss, train_hand1000
 
 GESTURE = "call"
 
@@ -451,7 +451,7 @@ def test_cli_trains_and_resumes(tiny_sd_path, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("kind", ["flat", "token"])
 def test_fusion_stays_the_seeded_random_projection_unless_trained(tiny_sd_path, tiny_data, tmp_path, kind):
-    from handsynth.fusion import build_fusion
+    from handsynth.hand1000.fusion import build_fusion
 
     dataset, feature = tiny_data
     torch.manual_seed(0)  # run.seed: the fusion is initialised from it

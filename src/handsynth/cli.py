@@ -16,11 +16,11 @@ from handsynth.errors import HandsynthError
 COMMAND_MODULES = [
     "handsynth.demo",
     "handsynth.run",
-    "handsynth.training",
-    "handsynth.generate",
-    "handsynth.dataset",
-    "handsynth.features",
-    "handsynth.evaluate",
+    "handsynth.hand1000.trainer",
+    "handsynth.hand1000.generate",
+    "handsynth.data.dataset",
+    "handsynth.hand1000.features",
+    "handsynth.evaluation.evaluate",
 ]
 
 

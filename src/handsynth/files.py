@@ -1,4 +1,5 @@
-"""Atomic writes: every output lands whole or not at all, so an interrupted run can resume."""
+"""Reading inputs with errors that name the file, and atomic writes: every output lands whole or not
+at all, so an interrupted run can resume."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handsynth.errors import HandsynthError
 
 
 @contextmanager
@@ -126,3 +130,33 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def rgb_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode image bytes to (H, W, 3) uint8 RGB, upright (EXIF) and without alpha.
+
+    Transparent pixels are composited on white, so an RGBA hand cut-out keeps its outline.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decode now, so a truncated file fails here and not later
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HandsynthError(f"cannot decode image {name}: {exc}; replace or remove the file") from None
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and EXIF rotation normalised."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HandsynthError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise HandsynthError(f"cannot read image {path}: {exc}") from None
+    return rgb_from_bytes(data, path)

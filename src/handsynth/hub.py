@@ -1,9 +1,12 @@
-"""Loading pretrained weights by hub id or local folder, with an error that says what to do offline."""
+"""Loading pretrained weights by hub id or local folder, with an error that says what to do offline,
+and choosing the device they run on."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+import torch
 
 from handsynth.errors import HandsynthError
 
@@ -31,3 +34,13 @@ def from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
             f"  {hint}. To use a local copy, set the config key to its folder "
             "(a folder written by save_pretrained)."
         ) from None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' is cuda when a GPU is visible, else cpu; anything else is passed to torch.device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise HandsynthError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from handsynth import files
 from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
-from handsynth.gestures import check_gesture
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ class Step:
 
 
 def _dataset(config: Config, out: Path) -> dict:
-    from handsynth.dataset import build_dataset
+    from handsynth.data.dataset import build_dataset
 
     report = build_dataset(config, out / "dataset")
     return {"manifests": ["dataset/train.jsonl", "dataset/test.jsonl"], "counts": report.get("counts")}
 
 
 def _quality(config: Config, out: Path) -> dict:
-    from handsynth.dataset import evaluate_dataset
+    from handsynth.data.dataset import evaluate_dataset
 
     results = evaluate_dataset(out / "dataset", config.data.clip_model, device=config.run.device)
     files.write_json(out / "dataset" / "quality.json", results)
@@ -47,7 +47,7 @@ def _quality(config: Config, out: Path) -> dict:
 
 
 def _features(config: Config, out: Path) -> dict:
-    from handsynth.features import compute_gesture_feature
+    from handsynth.hand1000.features import compute_gesture_feature
 
     coverage = {}
     for gesture in config.data.gestures:
@@ -57,7 +57,7 @@ def _features(config: Config, out: Path) -> dict:
 
 
 def _train(config: Config, out: Path) -> dict:
-    from handsynth.training import train_hand1000
+    from handsynth.hand1000.trainer import train_hand1000
 
     models = {}
     for gesture in config.data.gestures:
@@ -67,7 +67,7 @@ def _train(config: Config, out: Path) -> dict:
 
 
 def _generate(config: Config, out: Path) -> dict:
-    from handsynth.generate import generate_samples, read_prompts
+    from handsynth.hand1000.generate import generate_samples, read_prompts
 
     counts = {}
     for gesture in config.data.gestures:
@@ -79,7 +79,7 @@ def _generate(config: Config, out: Path) -> dict:
 
 
 def _evaluate(config: Config, out: Path) -> dict:
-    from handsynth.evaluate import evaluate, headline
+    from handsynth.evaluation.evaluate import evaluate, headline
 
     metrics = {}
     for gesture in config.data.gestures:
@@ -89,9 +89,10 @@ def _evaluate(config: Config, out: Path) -> dict:
 
 
 def _report(config: Config, out: Path) -> dict:
-    from handsynth.report import write_run_report
+    from handsynth.evaluation.report import write_run_report
 
-    return {"file": str(write_run_report(out).relative_to(out))}
+    page = write_run_report(out, [(step.name, step.title) for step in STEPS])
+    return {"file": str(page.relative_to(out))}
 
 
 STEPS = [

@@ -1,6 +1,6 @@
 """A random-weight weights file in the standard pt_inception-2015-12-05 layout, for offline runs.
 
-It loads through the same path as the real file (`handsynth.inception.load_inception`), so the demo
+It loads through the same path as the real file (`handsynth.evaluation.inception.load_inception`), so the demo
 and tests exercise the real code; its FID values mean nothing.
 """
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from handsynth import files
-from handsynth.inception import InceptionV3
+from handsynth.evaluation.inception import InceptionV3
 
 
 def random_inception(

@@ -13,7 +13,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 from transformers import CLIPTokenizer
 
 from handsynth import files
-from handsynth.gestures import PHRASE_TEMPLATES
+from handsynth.data.gestures import PHRASE_TEMPLATES
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's own pre-tokenisation (transformers' CLIPTokenizer), so merges match how text is split.

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from handsynth import files
 from handsynth.errors import HandsynthError
-from handsynth.hands import load_rgb
-from handsynth.metrics import feature_statistics
+from handsynth.evaluation.metrics import feature_statistics
+from handsynth.files import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,7 @@ def extract_features(
 ) -> tuple[np.ndarray, list[int]]:
     """Features (N_ok, feature_dim) float32 (the network's precision) and the indices of the images used.
 
-    Files are read with `handsynth.hands.load_rgb` (EXIF rotation, grayscale and alpha normalised).
+    Files are read with `handsynth.files.load_rgb` (EXIF rotation, grayscale and alpha normalised).
     An image that cannot be read is skipped and logged, so one bad file does not stop a long run.
     """
     check_preprocess(preprocess)

@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from handsynth import files, hub
-from handsynth.captioning import load_image, resolve_device
+from handsynth.data.captioning import load_image
 from handsynth.errors import HandsynthError
+from handsynth.hub import resolve_device
 
 log = logging.getLogger(__name__)
 

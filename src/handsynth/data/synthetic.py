@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from handsynth import files
+from handsynth.data.gestures import NO_GESTURE, check_gesture
 from handsynth.errors import HandsynthError
-from handsynth.gestures import NO_GESTURE, check_gesture
 
 log = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ from tqdm.auto import tqdm
 
 from handsynth import files, hub
 from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.data.gestures import check_gesture, gesture_phrase
 from handsynth.errors import HandsynthError
-from handsynth.fusion import FEATURE_DIM, FlatFusion, build_fusion, double_fuse, save_hand1000
-from handsynth.gestures import check_gesture, gesture_phrase
-from handsynth.hands import load_rgb
+from handsynth.files import load_rgb
+from handsynth.hand1000.fusion import FEATURE_DIM, FlatFusion, build_fusion, double_fuse, save_hand1000
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
+from handsynth.data.gestures import gesture_phrase
 from handsynth.errors import HandsynthError
-from handsynth.gestures import gesture_phrase
 
 log = logging.getLogger(__name__)
 

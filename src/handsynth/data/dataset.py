@@ -5,8 +5,8 @@ Steps, each skipping finished work on a re-run:
 2. select N train / N test images per gesture, seeded, optionally subject-disjoint; selected images
    that do not decode are reported and replaced by the next candidates;
 3. prepare: resize and square-crop to `data.image_size` (`center` as the reference, or `hand`);
-4. caption the prepared images (handsynth.captioning);
-5. rewrite each caption so that it carries its gesture's exact phrase (handsynth.rewriting);
+4. caption the prepared images (handsynth.data.captioning);
+5. rewrite each caption so that it carries its gesture's exact phrase (handsynth.data.rewriting);
 6. write `train.jsonl` / `test.jsonl`, the reference code's text files and `report.json`.
 
 The folder layout and manifest keys are the contract in the project notes:
@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config, add_config_arguments, comma_list, config_from_args, save_config
+from handsynth.data.gestures import check_gesture
+from handsynth.data.hagrid import HagridRecord, check_image, detect_layout, read_hagrid
+from handsynth.data.rewriting import Rewrite, rewrite_captions, summarize
 from handsynth.errors import HandsynthError
-from handsynth.gestures import check_gesture
-from handsynth.hagrid import HagridRecord, check_image, detect_layout, read_hagrid
-from handsynth.rewriting import Rewrite, rewrite_captions, summarize
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def caption_prepared(config: Config, prepared: Sequence[Prepared], dataset_dir: 
 
     A key missing from the result could not be captioned; the captioner logs why.
     """
-    from handsynth.captioning import caption_images, make_captioner
+    from handsynth.data.captioning import caption_images, make_captioner
 
     data = config.data
     metadata = {p.record.key: p.record.caption for p in prepared if p.record.caption is not None}
@@ -321,7 +321,7 @@ def rewrite_prepared(
     if todo:
         generator = None
         if data.rewrite == "llm":
-            from handsynth.rewriting import make_llm_generator
+            from handsynth.data.rewriting import make_llm_generator
 
             generator = make_llm_generator(data.rewrite_model, device=config.run.device)
 
@@ -400,7 +400,7 @@ def resolve_source(config: Config) -> Path:
     data = config.data
     if data.source != "synthetic":
         return Path(data.source)
-    from handsynth.synthetic import write_synthetic_hagrid
+    from handsynth.data.synthetic import write_synthetic_hagrid
 
     folder = Path(config.run.output_dir) / "synthetic-hagrid"
     return write_synthetic_hagrid(
@@ -435,7 +435,7 @@ def default_dataset_dir(config: Config) -> Path:
 
 def build_dataset(config: Config, dataset_dir: str | Path | None = None) -> dict:
     """Build (or finish building) the dataset folder; returns the report also written to report.json."""
-    from handsynth.captioning import KINDS
+    from handsynth.data.captioning import KINDS
 
     data = config.data
     dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir(config)
@@ -595,7 +595,7 @@ def evaluate_dataset(
 ) -> dict[str, dict]:
     """CLIP image-caption and caption-caption similarity (dataset_evaluate.py) per split, over the
     whole split and per gesture; returns {"<split>/<gesture or all>": result}."""
-    from handsynth.dataset_quality import image_features, load_clip, similarities, text_features
+    from handsynth.data.quality import image_features, load_clip, similarities, text_features
 
     dataset_dir = Path(dataset_dir)
     model, processor = load_clip(clip_model, device)
@@ -732,7 +732,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from handsynth.dataset_quality import quality_table
+    from handsynth.data.quality import quality_table
 
     config = config_from_args(args)
     dataset_dir = args.dataset_dir or default_dataset_dir(config)

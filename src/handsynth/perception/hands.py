@@ -1,4 +1,4 @@
-"""The project's one door to MediaPipe Hands: image loading, 21x3 landmarks, handedness, boxes.
+"""The project's one door to MediaPipe Hands: 21x3 landmarks, handedness, boxes.
 
 Detection settings come from the caller so that each reference script can be reproduced exactly;
 the presets below are the three the papers use. Images go in as RGB: the reference FID-H passes
@@ -8,16 +8,12 @@ RGB through a BGR->RGB conversion, and that mix-up is not repeated here.
 from __future__ import annotations
 
 import importlib
-import io
 import math
-import os
 import sys
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handsynth.errors import HandsynthError
 
@@ -54,36 +50,6 @@ def import_mediapipe():
         if stand_in is not None and sys.modules.get("matplotlib.pyplot") is stand_in:
             del sys.modules["matplotlib.pyplot"]
     return mediapipe
-
-
-def rgb_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Decode image bytes to (H, W, 3) uint8 RGB, upright (EXIF) and without alpha.
-
-    Transparent pixels are composited on white, so an RGBA hand cut-out keeps its outline.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode now, so a truncated file fails here and not later
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, rgba)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise HandsynthError(f"cannot decode image {name}: {exc}; replace or remove the file") from None
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and EXIF rotation normalised."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HandsynthError(f"image not found: {path}") from None
-    except OSError as exc:
-        raise HandsynthError(f"cannot read image {path}: {exc}") from None
-    return rgb_from_bytes(data, path)
 
 
 @dataclass(frozen=True)
@@ -179,7 +145,7 @@ class HandDetector:
             shape = getattr(rgb, "shape", None)
             raise HandsynthError(
                 f"HandDetector.detect wants an (H, W, 3) uint8 RGB array, got {type(rgb).__name__} "
-                f"with shape {shape}; read files with handsynth.hands.load_rgb"
+                f"with shape {shape}; read files with handsynth.files.load_rgb"
             )
         if self._hands is None:
             raise HandsynthError("this HandDetector is closed; create a new one")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from handsynth.errors import HandsynthError
-from handsynth.hands import Hand, HandDetector, import_mediapipe
+from handsynth.perception.hands import Hand, HandDetector, import_mediapipe
 
 TARGET_GESTURES = ("call", "four", "like", "mute", "ok", "palm")
 UNKNOWN = "unknown"

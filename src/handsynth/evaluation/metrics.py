@@ -237,14 +237,14 @@ def kid(
 
 
 # ---------------------------------------------------------------------------------------------
-# Image metrics built on MediaPipe hands (handsynth.hands) and CLIP.
+# Image metrics built on MediaPipe hands (handsynth.perception.hands) and CLIP.
 
 HAND_CROP_MODES = ("reference", "per-hand")
 
 
 def _read(path: str | os.PathLike, skipped: dict[str, str]) -> np.ndarray | None:
     """The image as RGB, or None after noting why it was skipped."""
-    from handsynth.hands import load_rgb
+    from handsynth.files import load_rgb
 
     try:
         return load_rgb(path)
@@ -260,7 +260,7 @@ def hand_confidence(
     """HAND-CONF as the reference hand_confidence.py: the mean MediaPipe handedness score over every
     hand found (up to 2 per image, min_detection_confidence 0.0), and the share of images with a hand.
     """
-    from handsynth.hands import HAND_CONF, HandDetector
+    from handsynth.perception.hands import HAND_CONF, HandDetector
 
     scores: list[float] = []
     with_hand = 0
@@ -299,7 +299,7 @@ def hand_crops(
     hand, its landmark box widened by `margin` of its size on every side. Images with no hand (and
     empty boxes) give no crop and are counted.
     """
-    from handsynth.hands import FID_H, HandDetector
+    from handsynth.perception.hands import FID_H, HandDetector
 
     if mode not in HAND_CROP_MODES:
         raise HandsynthError(f"hand crop mode must be one of {HAND_CROP_MODES}, got {mode!r}")
@@ -341,7 +341,7 @@ def gesture_accuracy(
     Images with no hand count as wrong (label 'unknown'); unreadable ones are left out and listed.
     `confusion[target][label]` counts every label given per target.
     """
-    from handsynth.classifier import GestureClassifier
+    from handsynth.perception.classifier import GestureClassifier
 
     targets = [targets] * len(images) if isinstance(targets, str) else list(targets)
     if len(targets) != len(images):
@@ -381,7 +381,7 @@ def clip_similarity(
 ) -> dict:
     """CLIPSIM: 100 x max(cos(CLIP image, CLIP prompt), 0), averaged over image-prompt pairs
     (the CLIPScore convention). Unreadable images are left out and listed."""
-    from handsynth.dataset_quality import image_features, load_clip, text_features
+    from handsynth.data.quality import image_features, load_clip, text_features
 
     if len(images) != len(prompts):
         raise HandsynthError(f"CLIPSIM: {len(images)} images but {len(prompts)} prompts")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from handsynth import files
 from handsynth.config import Config, add_config_arguments, config_from_args, save_config
 from handsynth.errors import HandsynthError
-from handsynth.fusion import read_hand1000_config
+from handsynth.hand1000.fusion import read_hand1000_config
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def generate_samples(
     `out_dir` receives images/, records.jsonl and grid.png (the CLI uses `<samples>/<gesture>`).
     `pipe`: an already loaded Hand1000Pipeline for `model_folder` (else it is loaded when needed).
     """
-    from handsynth.pipeline import Hand1000Pipeline
+    from handsynth.hand1000.pipeline import Hand1000Pipeline
 
     _check_settings(config)
     if not prompts:

@@ -160,7 +160,7 @@ def _features_section(out: Path, gestures: list[str]) -> str:
 
 
 def _metrics_section(out: Path, gestures: list[str]) -> str:
-    from handsynth.evaluate import headline
+    from handsynth.evaluation.evaluate import headline
 
     rows, grids = [], []
     for gesture in gestures:
@@ -182,20 +182,21 @@ def _metrics_section(out: Path, gestures: list[str]) -> str:
     return table + note + "\n".join(grids)
 
 
-def write_run_report(out: str | Path) -> Path:
-    """Write `<out>/report.html` from the files the run's steps left; return its path."""
+def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
+    """Write `<out>/report.html` from the files the run's steps left; return its path.
+
+    `steps` are the chain's (name, title) pairs in order; each finished one left `steps/<name>.json`.
+    """
     out = Path(out)
     config_text = (out / "config.toml").read_text(encoding="utf-8") if (out / "config.toml").is_file() else ""
     import tomllib
 
     gestures = tomllib.loads(config_text)["data"]["gestures"] if config_text else []
-    from handsynth.run import STEPS
-
-    steps = []
-    for step in STEPS:
-        marker = _read_json(out / "steps" / f"{step.name}.json")
+    timings = []
+    for name, title in steps:
+        marker = _read_json(out / "steps" / f"{name}.json")
         if marker:
-            steps.append([step.title, marker.get("seconds")])
+            timings.append([title, marker.get("seconds")])
     loss_plot = plot_losses(out, gestures)
     body = [
         f"<h1>handsynth run: {html.escape(out.name)}</h1>",
@@ -215,7 +216,7 @@ def write_run_report(out: str | Path) -> Path:
             for g in gestures
         ],  # fmt: skip
         "<h2>Steps</h2>",
-        _table(["step", "seconds"], steps, "steps"),
+        _table(["step", "seconds"], timings, "steps"),
         "<h2>Config</h2>",
         f"<details open><summary>config.toml</summary><pre>{html.escape(config_text)}</pre></details>",
     ]

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import FeaturesSection, add_config_arguments, config_from_args, save_config
+from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
-from handsynth.gestures import check_gesture
-from handsynth.hands import NUM_LANDMARKS, HandDetector, import_mediapipe, load_rgb
+from handsynth.files import load_rgb
+from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, import_mediapipe
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("fork")
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mediapipe", "handsynth.hands"])
+        context.set_forkserver_preload(["mediapipe", "handsynth.perception.hands"])
         return context
     return multiprocessing.get_context("spawn")
 

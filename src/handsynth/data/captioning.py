@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
+from handsynth.hub import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,6 @@ DEFAULT_MODELS = {
 KINDS = (*DEFAULT_MODELS, "metadata")
 PALIGEMMA_PROMPT = "caption en"
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' is cuda when a GPU is visible, else cpu; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise HandsynthError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device, kind: str = "") -> torch.dtype:

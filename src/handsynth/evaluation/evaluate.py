@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from handsynth import files, inception, metrics
+from handsynth import files
 from handsynth.config import Config, add_config_arguments, comma_list, config_from_args, save_config
 from handsynth.errors import HandsynthError
+from handsynth.evaluation import inception, metrics
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def evaluate(
     gesture: str | None = None,
 ) -> dict:
     """Every metric in `config.evaluate.metrics` for one real/generated pair; writes the report files."""
-    from handsynth.captioning import resolve_device
+    from handsynth.hub import resolve_device
 
     ev = config.evaluate
     wanted = set(ev.metrics)
@@ -269,7 +270,7 @@ def evaluate(
 
 
 def _draw_landmarks(rgb: np.ndarray, detection) -> Image.Image:
-    from handsynth.hands import import_mediapipe
+    from handsynth.perception.hands import import_mediapipe
 
     mp = import_mediapipe()
 
@@ -288,7 +289,8 @@ def _draw_landmarks(rgb: np.ndarray, detection) -> Image.Image:
 
 def _sample_grid(real: Sequence[Path], fake: Sequence[Path]) -> Image.Image:
     """Two rows: real samples above, generated below, each with its FID-H-setting landmarks drawn."""
-    from handsynth.hands import FID_H, HandDetector, load_rgb
+    from handsynth.files import load_rgb
+    from handsynth.perception.hands import FID_H, HandDetector
 
     columns = max(len(real), len(fake), 1)
     grid = Image.new("RGB", (columns * GRID_CELL, 2 * GRID_CELL), (24, 24, 24))

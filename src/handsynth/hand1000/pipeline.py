@@ -18,16 +18,10 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
 from handsynth import hub
 from handsynth.errors import HandsynthError
-from handsynth.fusion import double_fuse, load_hand1000
+from handsynth.hand1000.fusion import double_fuse, load_hand1000
+from handsynth.hub import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from handsynth.data.gestures import NO_GESTURE, check_gesture
 from handsynth.errors import HandsynthError
-from handsynth.gestures import NO_GESTURE, check_gesture
 
 log = logging.getLogger(__name__)
 V2_SPLITS = ("train", "val", "test")

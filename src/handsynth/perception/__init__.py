@@ -1,0 +1,1 @@
+"""The one door to MediaPipe (hands; whole-body pose next) and the gesture classifier built on it."""
