@@ -175,7 +175,7 @@ def _cubic_kernel_subset_sums(
         np.multiply(base, base, out=kernel)
         kernel *= base
         # per-subset row sums of the block, then the column indicators pick the subset's columns
-        partial = (row_sets[:, start:stop] @ kernel).astype(np.float64)
+        partial = row_sets[:, start:stop].astype(np.float64) @ kernel.astype(np.float64)
         weights = col_sets[:, first:].astype(np.float64)
         if symmetric:
             weights[:, stop - start :] *= 2.0  # block (j, i) of a symmetric kernel equals (i, j)^T
