@@ -1,8 +1,8 @@
 """Training speed: samples per second for the `reference` schedule against `batched`, in one run.
 
-Both schedules run through `handsynth.hand1000.trainer.Trainer` (the code `handsynth train` runs) on random
-latents and embeddings, on two models: the tiny test model (32x32 latents) and a UNet with SD v1.4's
-config (859.5 M parameters, random weights) at a small latent size.
+Both schedules run through `handsynth.hand1000.trainer.Hand1000Trainer` (the code `handsynth train`
+runs) on random latents and embeddings, on two models: the tiny test model (32x32 latents) and a UNet
+with SD v1.4's config (859.5 M parameters, random weights) at a small latent size.
 
 - reference: batch 1; fresh Adam states per image, so the image's first UNet step re-allocates the
   UNet's Adam state (timed on its own).
@@ -38,8 +38,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from handsynth import files
 from handsynth.config import Config
-from handsynth.hand1000.trainer import BaseModels, Trainer, load_base_models
+from handsynth.hand1000.trainer import Hand1000Trainer
 from handsynth.tiny.sd import write_tiny_sd
+from handsynth.training.diffusion import BaseModels, load_base_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_memory import SD14_UNET  # noqa: E402
@@ -104,7 +105,7 @@ def run_schedule(
     device = accelerator.device
     schedule = "reference" if batch == 1 else "batched"
     config.train.schedule, config.train.batch_size = schedule, batch
-    trainer = Trainer(
+    trainer = Hand1000Trainer(
         config,
         accelerator,
         models,

@@ -16,8 +16,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from handsynth.cli import main as cli_main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.hand1000 import trainer as training
-from handsynth.hand1000.trainer import NonFiniteLoss, train_hand1000
+from handsynth.hand1000 import trainer as hand1000_trainer
+from handsynth.hand1000.trainer import Hand1000Trainer, read_mean_feature, read_train_items, train_hand1000
+from handsynth.training import diffusion
+from handsynth.training import trainer as machinery
+from handsynth.training.trainer import NonFiniteLoss
 
 GESTURE = "call"
 
@@ -68,22 +71,22 @@ def tiny_config(base: Path, **train) -> Config:
     return config
 
 
-def first_image_trainer(config: Config, tiny_data, work: Path, total_steps: int) -> training.Trainer:
+def first_image_trainer(config: Config, tiny_data, work: Path, total_steps: int) -> Hand1000Trainer:
     """A Trainer on CPU (reference schedule), its unit begun on the first training image."""
     from accelerate import Accelerator
 
     dataset, feature = tiny_data
-    trainer = training.Trainer(
+    trainer = Hand1000Trainer(
         config,
         Accelerator(cpu=True),
-        training.load_base_models(config.model.base),
-        training.read_mean_feature(feature),
+        diffusion.load_base_models(config.model.base),
+        read_mean_feature(feature),
         work,
         {"gesture": GESTURE, "schedule": "reference"},
         total_steps=total_steps,
         validation_captions=[],
     )
-    trainer.begin_unit(training.read_train_items(dataset, GESTURE)[:1], fresh=True, reset_unet_optimizer=True)
+    trainer.begin_unit(read_train_items(dataset, GESTURE)[:1], fresh=True, reset_unet_optimizer=True)
     return trainer
 
 
@@ -93,17 +96,17 @@ def unet_weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_diffusion_loss_matches_the_closed_form(tiny_sd_path):
     """z_t = sqrt(ᾱ_t)·z0 + sqrt(1−ᾱ_t)·ε with SD v1.4's scaled-linear betas, computed here by hand."""
-    models = training.load_base_models(str(tiny_sd_path))
+    models = diffusion.load_base_models(str(tiny_sd_path))
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(2, 4, 32, 32, generator=g)
     d = torch.randn(2, 77, 32, generator=g)
-    t, eps = training.draw_timesteps_and_noise(g, z0, 1000)
+    t, eps = diffusion.draw_timesteps_and_noise(g, z0, 1000)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     abar = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
     zt = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
     with torch.no_grad():
         expected = ((models.unet(zt, t, encoder_hidden_states=d).sample - eps) ** 2).mean(dim=(1, 2, 3))
-        got = training.diffusion_loss(models.unet, models.noise_scheduler, z0, d, t, eps)
+        got = diffusion.diffusion_loss(models.unet, models.noise_scheduler, z0, d, t, eps)
     assert got.shape == (2,)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -123,7 +126,7 @@ def test_stage2_then_stage3_lower_the_loss_on_fixed_pairs(tiny_sd_path, tiny_dat
     @torch.no_grad()
     def pair_loss(d: torch.Tensor) -> float:
         losses = [
-            training.diffusion_loss(trainer.unet_plain, trainer.noise_scheduler, z0, d, t, e)
+            diffusion.diffusion_loss(trainer.unet_plain, trainer.noise_scheduler, z0, d, t, e)
             for t, e in pairs
         ]
         return torch.cat(losses).mean().item()
@@ -168,7 +171,7 @@ def test_adam8bit_keeps_8_bit_state_and_trains(tiny_sd_path, tiny_data, tmp_path
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     with pytest.raises(HandsynthError, match='optimizer = "adam8bit" needs bitsandbytes'):
-        training.make_unet_optimizer(big, config.train)
+        machinery.make_optimizer(big, config.train.unet_lr, config.train.optimizer)
 
 
 def test_losses_and_validation_grids_go_to_tensorboard(tiny_sd_path, tiny_data, tmp_path):
@@ -273,7 +276,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
         tiny_config(tiny_sd_path, max_steps=4, **settings), dataset, feature, tmp_path / "a", GESTURE
     )
 
-    real_loss = training.diffusion_loss
+    real_loss = hand1000_trainer.diffusion_loss
     calls = []
 
     def loss_with_nan_at_step_5(*args, **kwargs):
@@ -281,7 +284,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
         losses = real_loss(*args, **kwargs)
         return losses * float("nan") if len(calls) == 5 else losses
 
-    monkeypatch.setattr(training, "diffusion_loss", loss_with_nan_at_step_5)
+    monkeypatch.setattr(hand1000_trainer, "diffusion_loss", loss_with_nan_at_step_5)
     config = tiny_config(tiny_sd_path, checkpoint_every=1, **settings)
     with pytest.raises(NonFiniteLoss) as caught:
         train_hand1000(config, dataset, feature, tmp_path / "b", GESTURE)
@@ -302,10 +305,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     shared = torch.load(checkpoints / "step-00000004" / "shared.pt", weights_only=False)
     expected = unet_weights(good)
     assert shared["step"] == 4
-    assert all(torch.equal(shared["unet"][k], expected[k]) for k in expected)
+    assert all(torch.equal(shared["weights"]["unet"][k], expected[k]) for k in expected)
 
     # The kept checkpoint resumes to the same end as a run that never saw the NaN.
-    monkeypatch.setattr(training, "diffusion_loss", real_loss)
+    monkeypatch.setattr(hand1000_trainer, "diffusion_loss", real_loss)
     resumed = train_hand1000(
         tiny_config(tiny_sd_path, init_from="resume", checkpoint_every=1, **settings),
         dataset,
@@ -400,10 +403,10 @@ def test_auto_precision_and_optimizer_follow_the_machine(
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     config = Config()
     config.run.device = device
-    resolved = training.resolve_auto_settings(config).train
+    resolved = machinery.resolve_auto_settings(config).train
     assert (resolved.mixed_precision, resolved.optimizer) == expected
     config.train.mixed_precision, config.train.optimizer = "fp16", "adam"  # explicit settings are kept
-    resolved = training.resolve_auto_settings(config).train
+    resolved = machinery.resolve_auto_settings(config).train
     assert (resolved.mixed_precision, resolved.optimizer) == ("fp16", "adam")
     assert config.train.optimizer == "adam" and Config().train.optimizer == "auto"  # not changed in place
 
@@ -417,7 +420,7 @@ def test_corrupt_image_is_skipped_and_counted(tiny_data, tmp_path, caplog):
     for row in rows[:3]:
         row["image"] = str(dataset / row["image"])
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    items = training.read_train_items(tmp_path, GESTURE)
+    items = read_train_items(tmp_path, GESTURE)
     assert [item.key for item in items] == ["img0", "img1", "img2"]
     assert "skipped 1 of 4 training images of 'call': broken" in caplog.text
 

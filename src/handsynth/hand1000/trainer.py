@@ -21,11 +21,10 @@ With `model.train_fusion` Stage II optimises the fusion weights instead of a fre
 recomputed through the fusion at every step), so the saved fusion is a learned projection; without it,
 `d` is the optimised tensor and the fusion stays the fixed random projection of the reference.
 
-Every random draw after setup comes from one CPU `torch.Generator` per process, so the numbers do not
-depend on the device. A checkpoint holds the trainable weights, optimiser states, that generator, the
-Python/NumPy/torch RNG states and the step counter; the step counter alone says where in the schedule
-the run is, so a killed run resumed with `--resume` ends bit-identical (on CPU) to an uninterrupted one.
-Runs under `accelerate launch` (DDP): each process takes its share of the images.
+The shared machinery (`handsynth.training.trainer`) does the rest: one CPU generator for every draw,
+checkpoints, `--resume`, the NaN stop, logs and validation grids. The step counter alone says where in
+the schedule the run is, so a killed run resumed with `--resume` ends bit-identical (on CPU) to an
+uninterrupted one. Runs under `accelerate launch` (DDP): each process takes its share of the images.
 """
 
 from __future__ import annotations
@@ -33,44 +32,44 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import logging
 import math
-import random
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files, hub
-from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.config import Config, add_config_arguments, config_from_args
 from handsynth.data.gestures import check_gesture, gesture_phrase
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.hand1000.fusion import FEATURE_DIM, FlatFusion, build_fusion, double_fuse, save_hand1000
+from handsynth.training.diffusion import (
+    BaseModels,
+    diffusion_loss,
+    encode_images,
+    encode_text,
+    load_base_models,
+    ready_for_training,
+)
+from handsynth.training.trainer import (
+    OPTIMIZERS,
+    PRECISIONS,
+    Trainer,
+    check_settings,
+    make_accelerator,
+    resolve_auto_settings,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("reference", "batched")
-PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-OPTIMIZERS = ("adam", "adam8bit")
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 VALIDATION_PROMPTS = 4
-
-
-class NonFiniteLoss(HandsynthError):
-    """The loss (or a weight) became NaN or inf; the run stopped before that step was applied."""
-
-
-class _StopRequested(Exception):
-    """`train.max_steps` reached: checkpoint written, the model gets saved from the current weights."""
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -146,126 +145,17 @@ def image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
-# --------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class BaseModels:
-    tokenizer: Any
-    text_encoder: Any
-    vae: Any
-    unet: Any
-    noise_scheduler: Any  # DDPM, with the base model's training noise schedule
-
-    @property
-    def resolution(self) -> int:
-        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def load_base_models(base: str) -> BaseModels:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    return BaseModels(
-        tokenizer=hub.from_pretrained(CLIPTokenizer, base, subfolder="tokenizer"),
-        text_encoder=hub.from_pretrained(CLIPTextModel, base, subfolder="text_encoder"),
-        vae=hub.from_pretrained(AutoencoderKL, base, subfolder="vae"),
-        unet=hub.from_pretrained(UNet2DConditionModel, base, subfolder="unet"),
-        noise_scheduler=hub.from_pretrained(DDPMScheduler, base, subfolder="scheduler"),
-    )
-
-
-@torch.no_grad()
-def encode_text(tokenizer: Any, text_encoder: Any, captions: list[str]) -> torch.Tensor:
-    """CLIP's last hidden state, (B, 77, D) in fp32; longer captions are truncated as in the reference."""
-    ids = tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
-
-
-@torch.no_grad()
-def encode_images(vae: Any, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """z0 = a sample of the VAE posterior times the scaling factor (0.18215 for SD v1), in fp32."""
-    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return (posterior.sample(generator=generator) * vae.config.scaling_factor).float()
-
-
-def draw_timesteps_and_noise(
-    generator: torch.Generator, latents: torch.Tensor, num_train_timesteps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U{0..T-1} and ε ~ N(0, I), drawn on the CPU so that every device gets the same numbers."""
-    t = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    return t.to(latents.device), noise.to(latents.device, latents.dtype)
-
-
-def diffusion_loss(
-    unet: Any,
-    noise_scheduler: Any,
-    latents: torch.Tensor,
-    embeddings: torch.Tensor,
-    timesteps: torch.Tensor,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    """Per-sample MSE(ε_θ(z_t, t, d), ε), shape (B,), computed in fp32."""
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
-    kind = noise_scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise HandsynthError(f"the base model's scheduler predicts '{kind}'; training supports epsilon and v")
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-
-
-def make_unet_optimizer(params: list[torch.nn.Parameter], train: Any) -> torch.optim.Optimizer:
-    """Adam, as the reference; bitsandbytes' blockwise 8-bit Adam for `optimizer = "adam8bit"`."""
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.unet_lr)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise HandsynthError(
-            'train.optimizer = "adam8bit" needs bitsandbytes: `pip install "handsynth[gpu]"`, or use "adam"'
-        ) from None
-    return bnb.optim.Adam8bit(params, lr=train.unet_lr)
-
-
-def resolve_auto_settings(config: Config) -> Config:
-    """The config with `train.mixed_precision` and `train.optimizer` "auto" made concrete here.
-
-    On a CUDA GPU: bf16 (fp16 where the GPU lacks bf16), and bitsandbytes' 8-bit Adam when it is
-    installed. Together they keep parameters, gradients and optimiser state at 0.32 of the
-    reference's (benchmarks/train_memory.py). On CPU: fp32 and torch Adam, as the reference.
-    """
-    train = config.train
-    cuda = config.run.device != "cpu" and torch.cuda.is_available()
-    precision, optimizer = train.mixed_precision, train.optimizer
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if optimizer == "auto":
-        optimizer = "adam8bit" if cuda and importlib.util.find_spec("bitsandbytes") else "adam"
-    return dataclasses.replace(
-        config, train=dataclasses.replace(train, mixed_precision=precision, optimizer=optimizer)
-    )
-
-
 # -------------------------------------------------------------------------------------- trainer
 
 
-class Trainer:
-    """Models, optimisers, the (t, ε) generator and the step counter of one run, and one training step.
+class Hand1000Trainer(Trainer):
+    """Hand1000's models and its two kinds of step on top of the shared machinery.
 
-    The schedules (`run_reference`, `run_batched`) decide which step comes next; the trainer does it,
-    checks the loss, logs it, and writes checkpoints and validation grids when they are due.
+    The schedules (`run_reference`, `run_batched`) decide which step comes next; a step computes the
+    loss, and the machinery checks it, logs it, and writes checkpoints and validation grids when due.
     """
+
+    stale_outputs = (*Trainer.stale_outputs, "embeddings")
 
     def __init__(
         self,
@@ -278,32 +168,19 @@ class Trainer:
         total_steps: int,
         validation_captions: list[str],
     ) -> None:
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        config = resolve_auto_settings(config)  # done by train_hand1000 already; here for direct use
-        self.config, self.acc, self.work, self.plan, self.total_steps = (
-            config,
-            accelerator,
-            work,
-            plan,
-            total_steps,
-        )
-        train = config.train
-        device = accelerator.device
+        super().__init__(config, accelerator, work, plan, total_steps, name="hand1000")
+        config, train, device = self.config, self.config.train, self.device
         self.lam = config.model.lam
         self.noise_scheduler = models.noise_scheduler
         self.tokenizer = models.tokenizer
         self.resolution = models.resolution
         self.validation_captions = validation_captions
+        self.bar.set_description(f"train {plan['gesture']}")
 
         # Frozen parts in the compute dtype; the UNet keeps fp32 master weights under autocast.
-        weight_dtype = PRECISIONS[train.mixed_precision] if device.type == "cuda" else torch.float32
-        self.vae = models.vae.requires_grad_(False).to(device, weight_dtype).eval()
-        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, weight_dtype).eval()
-        unet = models.unet.to(device).train()
-        unet.set_attn_processor(AttnProcessor2_0())  # torch's SDPA attention, whatever the base model set
-        if train.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+        self.vae = models.vae.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, self.weight_dtype).eval()
+        unet = ready_for_training(models.unet, device, train.gradient_checkpointing)
         if train.lora_rank > 0:
             from peft import LoraConfig
 
@@ -340,7 +217,7 @@ class Trainer:
             self.leaf = torch.nn.Parameter(torch.zeros(rows, seq_len, text_dim, device=device))
             embedding_params = [self.leaf]
         embedding_optimizer = torch.optim.Adam(embedding_params, lr=train.embedding_lr)
-        unet_optimizer = make_unet_optimizer(list(self.trainable.values()), train)
+        unet_optimizer = self.make_optimizer(list(self.trainable.values()), train.unet_lr)
         if config.model.train_fusion:
             self.unet, self.fusion, self.embedding_optimizer, self.unet_optimizer = accelerator.prepare(
                 unet, fusion, embedding_optimizer, unet_optimizer
@@ -351,20 +228,31 @@ class Trainer:
             )
             self.fusion = fusion
 
-        self.generator = torch.Generator().manual_seed(config.run.seed + 7919 * accelerator.process_index)
-        self.step = 0
         self.keys: list[str] = []
         self.e: torch.Tensor | None = None
         self.latents: torch.Tensor | None = None
-        self.last_checkpoint: Path | None = None
-        self.loss_log = work / "loss.jsonl"
-        self.started = time.time()
-        self.bar = tqdm(
-            total=total_steps,
-            desc=f"train {plan['gesture']}",
-            disable=not accelerator.is_main_process,
-            unit="step",
-        )
+
+    # --- what the machinery checkpoints
+
+    def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"unet": self.trainable, "fusion": self.fusion_plain.state_dict()}
+
+    def shared_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": self.unet_optimizer}
+
+    def rank_state(self) -> dict[str, Any]:
+        return {
+            "embedding_optimizer": self.embedding_optimizer.state_dict(),
+            "leaf": None if self.leaf is None else self.leaf.detach().cpu().clone(),
+            "latents": None if self.latents is None else self.latents.cpu().clone(),
+        }
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        if self.leaf is not None:
+            with torch.no_grad():
+                self.leaf.copy_(state["leaf"])
+        self.embedding_optimizer.load_state_dict(state["embedding_optimizer"])
+        self.latents = None if state["latents"] is None else state["latents"].to(self.device)
 
     # --- one unit of work: an image (reference) or a batch (batched Stage II)
 
@@ -400,9 +288,7 @@ class Trainer:
         return self.embeddings().detach().clone()
 
     def draw(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return draw_timesteps_and_noise(
-            self.generator, latents, self.noise_scheduler.config.num_train_timesteps
-        )
+        return self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
 
     # --- the two kinds of step
 
@@ -413,11 +299,11 @@ class Trainer:
             losses = diffusion_loss(
                 self.unet_plain, self.noise_scheduler, self.latents, self.embeddings(), t, noise
             )
-        value = self._check_loss(losses, "Stage II (embedding)", self.keys)
+        value = self.check_loss(losses, "Stage II (embedding)", self.keys, "train.embedding_lr")
         self.acc.backward(losses.sum())  # a sum, so each row of d gets the gradient it would get alone
         self.embedding_optimizer.step()
         self.embedding_optimizer.zero_grad(set_to_none=True)
-        return self._count_step("embedding", value)
+        return self.record("embedding", value, self.keys)
 
     def unet_step(
         self, latents: torch.Tensor, d: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keys: list[str]
@@ -427,204 +313,52 @@ class Trainer:
         self.keys = keys
         with self.acc.autocast():
             losses = diffusion_loss(self.unet, self.noise_scheduler, latents, d, t, noise)
-        value = self._check_loss(losses, "Stage III (UNet)", keys)
+        value = self.check_loss(losses, "Stage III (UNet)", keys, "train.unet_lr")
         self.acc.backward(losses.mean())
         self.unet_optimizer.step()
         self.unet_optimizer.zero_grad(set_to_none=True)
-        return self._count_step("unet", value)
+        return self.record("unet", value, keys)
 
     def _set_unet_trainable(self, flag: bool) -> None:
         # Stage II back-propagates through the UNet to d only; frozen weights skip their gradients.
         for p in self.trainable.values():
             p.requires_grad_(flag)
 
-    def _check_loss(self, losses: torch.Tensor, stage: str, keys: list[str]) -> float:
-        """The loss averaged over processes; a NaN/inf on any process stops every process here."""
-        means = self.acc.gather(losses.detach().float().mean().reshape(1))
-        if bool(torch.isfinite(means).all()):
-            return means.mean().item()
-        bad = [key for key, ok in zip(keys, torch.isfinite(losses.detach()).tolist(), strict=False) if not ok]
-        where = f"image {', '.join(bad)}" if bad else "an image on another process"
-        kept = (
-            f"the last good checkpoint is {self.last_checkpoint}"
-            if self.last_checkpoint
-            else "no checkpoint yet"
-        )
-        lr_key = "train.embedding_lr" if stage.startswith("Stage II ") else "train.unet_lr"
-        raise NonFiniteLoss(
-            f"{stage} loss is {means.tolist()} at step {self.step + 1} of {self.total_steps} ({where}); "
-            f"the run stopped before applying that step and {kept}. Try a lower learning rate ({lr_key}), "
-            'or train.mixed_precision = "no"; then run again (with --resume to continue from the checkpoint).'
-        )
-
-    def _count_step(self, stage: str, loss: float) -> float:
-        self.step += 1
-        if self.acc.is_main_process:
-            files.append_jsonl(
-                self.loss_log,
-                {"step": self.step, "stage": stage, "loss": loss, "keys": self.keys, "time": self.elapsed},
-            )
-        if self.acc.trackers:
-            self.acc.log({f"loss/{stage}": loss}, step=self.step)
-        self.bar.set_postfix(stage=stage, loss=f"{loss:.4f}")
-        self.bar.update(1)
-        return loss
-
-    @property
-    def elapsed(self) -> float:
-        return round(time.time() - self.started, 3)
-
-    def after_step(self) -> None:
-        """Checkpoint and validate when due; stop at `train.max_steps`."""
-        train = self.config.train
-        stop = 0 < train.max_steps <= self.step and self.step < self.total_steps
-        if stop or (
-            train.checkpoint_every > 0
-            and self.step % train.checkpoint_every == 0
-            and self.step < self.total_steps
-        ):
-            self.save_checkpoint()
-        if train.validate_every > 0 and self.step % train.validate_every == 0:
-            self.validate()
-        if stop:
-            raise _StopRequested
-
-    # --- checkpoints
-
-    def _rank_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "embedding_optimizer": self.embedding_optimizer.state_dict(),
-            "leaf": None if self.leaf is None else self.leaf.detach().cpu().clone(),
-            "latents": None if self.latents is None else self.latents.cpu().clone(),
-            "generator": self.generator.get_state(),
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-
-    def save_checkpoint(self) -> Path:
-        """`<work>/checkpoints/step-N/` (shared.pt + rank-R.pt), then the `latest` pointer, each atomic."""
-        for name, p in [*self.trainable.items(), *self.fusion_plain.named_parameters(prefix="fusion")]:
-            if not bool(torch.isfinite(p).all()):
-                raise NonFiniteLoss(
-                    f"weight {name} is NaN/inf at step {self.step}; no checkpoint written, the last good one "
-                    "is "
-                    f'{self.last_checkpoint}. Try a lower learning rate or train.mixed_precision = "no".'
-                )
-        root = self.work / "checkpoints"
-        folder = root / f"step-{self.step:08d}"
-        with files.atomic_path(folder / f"rank-{self.acc.process_index}.pt") as tmp:
-            torch.save(self._rank_state(), tmp)
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            shared = {
-                "step": self.step,
-                "plan": self.plan,
-                "unet": {name: p.detach().cpu().clone() for name, p in self.trainable.items()},
-                "fusion": {k: v.cpu().clone() for k, v in self.fusion_plain.state_dict().items()},
-                "unet_optimizer": self.unet_optimizer.state_dict(),
-                "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
-            }
-            with files.atomic_path(folder / "shared.pt") as tmp:
-                torch.save(shared, tmp)
-            files.write_text(root / "latest", folder.name + "\n")  # the commit point
-            for old in sorted(root.glob("step-*")):
-                if old.name != folder.name:
-                    shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        self.last_checkpoint = folder
-        return folder
-
-    def load_checkpoint(self) -> None:
-        root = self.work / "checkpoints"
-        pointer = root / "latest"
-        if not pointer.is_file():
-            raise HandsynthError(
-                f'--resume: no checkpoint in {root}; start the run with train.init_from = "scratch"'
-            )
-        folder = root / pointer.read_text(encoding="utf-8").strip()
-        shared = torch.load(folder / "shared.pt", map_location="cpu", weights_only=False)
-        changed = {k: (v, self.plan.get(k)) for k, v in shared["plan"].items() if self.plan.get(k) != v}
-        if changed:
-            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise HandsynthError(
-                f"--resume: the checkpoint {folder} was written by a different run setup ({listed}); "
-                'use the same settings, or start again with train.init_from = "scratch"'
-            )
-        rank = torch.load(
-            folder / f"rank-{self.acc.process_index}.pt", map_location="cpu", weights_only=False
-        )
-        with torch.no_grad():
-            for name, p in self.trainable.items():
-                p.copy_(shared["unet"][name])
-            if self.leaf is not None:
-                self.leaf.copy_(rank["leaf"])
-        self.fusion_plain.load_state_dict(shared["fusion"])
-        self.unet_optimizer.load_state_dict(shared["unet_optimizer"])
-        self.embedding_optimizer.load_state_dict(rank["embedding_optimizer"])
-        if shared["scaler"] is not None and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(shared["scaler"])
-        self.latents = None if rank["latents"] is None else rank["latents"].to(self.acc.device)
-        self.generator.set_state(rank["generator"])
-        random.setstate(rank["python"])
-        np.random.set_state(rank["numpy"])
-        torch.set_rng_state(rank["torch"])
-        if rank["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rank["cuda"])
-        self.step = shared["step"]
-        self.last_checkpoint = folder
-        self.bar.reset(total=self.total_steps)
-        self.bar.update(self.step)
-        if self.acc.is_main_process and self.loss_log.is_file():
-            # Drop log lines of steps after the checkpoint: they are about to be redone.
-            kept = [r for r in files.read_jsonl(self.loss_log) if r["step"] <= self.step]
-            files.write_jsonl(self.loss_log, kept)
-        self.acc.wait_for_everyone()
-        log.info("resumed from %s (step %d of %d)", folder, self.step, self.total_steps)
-
     # --- validation and the cache of the batched schedule
 
-    @torch.no_grad()
-    def validate(self) -> None:
-        """A grid of images from the first training captions, sampled as at inference, seeded."""
-        if self.acc.is_main_process and self.validation_captions:
-            from diffusers import DDIMScheduler, StableDiffusionPipeline
-            from diffusers.utils import make_image_grid
+    def validation_grid(self) -> Image.Image | None:
+        """Images from the first training captions, sampled as at inference, seeded."""
+        if not self.validation_captions:
+            return None
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers.utils import make_image_grid
 
-            gen = self.config.generate
-            pipe = StableDiffusionPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoder,
-                tokenizer=self.tokenizer,
-                unet=self.acc.unwrap_model(self.unet),
-                scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-            pipe.set_progress_bar_config(disable=True)
-            e = encode_text(self.tokenizer, self.text_encoder, self.validation_captions)
-            d = double_fuse(e, self.fusion_plain(e, self.feature), gen.mu)
-            empty = encode_text(self.tokenizer, self.text_encoder, [""] * len(self.validation_captions))
-            with self.acc.autocast():
-                images = pipe(
-                    prompt_embeds=d,
-                    negative_prompt_embeds=empty,
-                    num_inference_steps=gen.steps,
-                    guidance_scale=gen.guidance,
-                    height=self.resolution,
-                    width=self.resolution,
-                    generator=torch.Generator().manual_seed(self.config.run.seed),
-                ).images
-            grid = make_image_grid(images, rows=1, cols=len(images))
-            files.save_image(self.work / "validation" / f"step-{self.step:08d}.png", grid)
-            if self.acc.trackers:
-                self.acc.get_tracker("tensorboard").log_images(
-                    {"validation": np.asarray(grid)[None]}, self.step, dataformats="NHWC"
-                )
-        self.acc.wait_for_everyone()
+        gen = self.config.generate
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.acc.unwrap_model(self.unet),
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        e = encode_text(self.tokenizer, self.text_encoder, self.validation_captions)
+        d = double_fuse(e, self.fusion_plain(e, self.feature), gen.mu)
+        empty = encode_text(self.tokenizer, self.text_encoder, [""] * len(self.validation_captions))
+        with self.acc.autocast():
+            images = pipe(
+                prompt_embeds=d,
+                negative_prompt_embeds=empty,
+                num_inference_steps=gen.steps,
+                guidance_scale=gen.guidance,
+                height=self.resolution,
+                width=self.resolution,
+                generator=torch.Generator().manual_seed(self.config.run.seed),
+            ).images
+        return make_image_grid(images, rows=1, cols=len(images))
 
     def cache_unit(self) -> None:
         """Write each image's optimised d and VAE latent to `<work>/embeddings/<key>.safetensors`."""
@@ -650,6 +384,8 @@ class Trainer:
             latents.append(tensors["latent"])
             embeddings.append(tensors["embedding"])
         return torch.stack(latents), torch.stack(embeddings)
+
+    # --- the result
 
     # --- the result
 
@@ -688,7 +424,10 @@ class Trainer:
 # ------------------------------------------------------------------------------------ schedules
 
 
-def run_reference(trainer: Trainer, items: list[TrainItem]) -> None:
+# ------------------------------------------------------------------------------------ schedules
+
+
+def run_reference(trainer: Hand1000Trainer, items: list[TrainItem]) -> None:
     """The official loop: per image, E Adam steps on d, then U on the UNet, with fresh optimisers."""
     train = trainer.config.train
     per_image = train.embedding_steps + train.unet_steps
@@ -708,10 +447,9 @@ def run_reference(trainer: Trainer, items: list[TrainItem]) -> None:
             trainer.after_step()
 
 
-def run_batched(trainer: Trainer, items: list[TrainItem], all_keys: list[str]) -> None:
+def run_batched(trainer: Hand1000Trainer, items: list[TrainItem], all_keys: list[str]) -> None:
     """Stage II for every image in batches (cached to disk), then Stage III in shuffled mini-batches."""
     train = trainer.config.train
-    acc = trainer.acc
     batch, steps = train.batch_size, train.embedding_steps
     units = [items[i : i + batch] for i in range(0, len(items), batch)]
     for n, unit in enumerate(units):
@@ -724,27 +462,16 @@ def run_batched(trainer: Trainer, items: list[TrainItem], all_keys: list[str]) -
             if s == steps - 1:
                 trainer.cache_unit()  # before a checkpoint at this step can name it as done
             trainer.after_step()
-    acc.wait_for_everyone()
+    trainer.acc.wait_for_everyone()
 
     latents, embeddings = trainer.load_cache(all_keys)
     trainer.latents = None
-    n_images, world, rank = len(all_keys), acc.num_processes, acc.process_index
-    per_epoch = math.ceil(n_images / (batch * world))
-    start = len(units) * steps
-    for epoch in range(train.unet_epochs or train.unet_steps):
-        # The same shuffled order on every process, from the seed and the epoch alone.
-        order = torch.randperm(
-            n_images, generator=torch.Generator().manual_seed(trainer.config.run.seed + epoch)
-        )
-        order = order.repeat(math.ceil(per_epoch * batch * world / n_images))[: per_epoch * batch * world]
-        for b in range(per_epoch):
-            if trainer.step >= start + epoch * per_epoch + b + 1:
-                continue
-            index = order[(b * world + rank) * batch : (b * world + rank + 1) * batch]
-            z0 = latents[index].to(acc.device)
-            keys = [all_keys[i] for i in index.tolist()]
-            trainer.unet_step(z0, embeddings[index].to(acc.device), *trainer.draw(z0), keys)
-            trainer.after_step()
+    epochs = train.unet_epochs or train.unet_steps
+    for index in trainer.shuffled_batches(len(all_keys), batch, epochs, first_step=len(units) * steps):
+        z0 = latents[index].to(trainer.device)
+        keys = [all_keys[i] for i in index.tolist()]
+        trainer.unet_step(z0, embeddings[index].to(trainer.device), *trainer.draw(z0), keys)
+        trainer.after_step()
 
 
 def schedule_steps(train: Any, n_items: int, n_images: int, world: int) -> int:
@@ -758,39 +485,16 @@ def schedule_steps(train: Any, n_items: int, n_images: int, world: int) -> int:
 
 
 def _check_train_settings(config: Config) -> None:
+    check_settings(config)
     train = config.train
     if train.schedule not in SCHEDULES:
         raise HandsynthError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{train.schedule}'")
-    if train.init_from not in ("scratch", "resume"):
-        raise HandsynthError(f"train.init_from must be scratch or resume, got '{train.init_from}'")
-    if train.mixed_precision not in ("auto", *PRECISIONS):
-        raise HandsynthError(f"train.mixed_precision must be one of auto, {', '.join(PRECISIONS)}")
-    if train.optimizer not in ("auto", *OPTIMIZERS):
-        raise HandsynthError(f"train.optimizer must be one of auto, {', '.join(OPTIMIZERS)}")
     if train.batch_size < 1 or train.embedding_steps < 0 or train.unet_steps < 0 or train.lora_rank < 0:
         raise HandsynthError("train.batch_size must be >= 1, and the step counts and lora_rank >= 0")
     if train.schedule == "batched" and train.embedding_steps < 1:
         raise HandsynthError("the batched schedule needs train.embedding_steps >= 1")
     if not 0.0 <= config.model.lam <= 1.0:
         raise HandsynthError(f"model.lam must be in [0, 1], got {config.model.lam}")
-
-
-def _make_accelerator(config: Config, work: Path) -> Any:
-    from accelerate import Accelerator
-
-    log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
-    try:
-        return Accelerator(
-            mixed_precision=config.train.mixed_precision,
-            cpu=config.run.device == "cpu",
-            log_with=log_with,
-            project_dir=str(work),
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise HandsynthError(
-            f"cannot set up training with mixed_precision={config.train.mixed_precision!r} on "
-            f'device {config.run.device!r}: {exc}. On CPU use "no" or "bf16".'
-        ) from None
 
 
 def train_hand1000(
@@ -815,16 +519,9 @@ def train_hand1000(
     out_dir = Path(out_dir)
     model_dir = Path(model_dir) if model_dir else out_dir / "models" / gesture
     work = out_dir / "train" / gesture
-    acc = _make_accelerator(config, work)
+    acc = make_accelerator(config, work)
     items = read_train_items(dataset_dir, gesture, train.max_images)
     feature = read_mean_feature(feature_path)
-    if acc.is_main_process:
-        if train.init_from == "scratch":
-            for stale in ("checkpoints", "embeddings", "validation"):
-                shutil.rmtree(work / stale, ignore_errors=True)
-            (work / "loss.jsonl").unlink(missing_ok=True)
-        save_config(config, work / "config.toml")
-    acc.wait_for_everyone()
 
     # Each process takes every W-th image of the set, wrapped round so that all get the same count
     # (and, for the batched schedule, whole batches).
@@ -854,11 +551,7 @@ def train_hand1000(
     set_seed(config.run.seed)
     models = load_base_models(config.model.base)
     captions = [item.caption for item in items[:VALIDATION_PROMPTS]]
-    trainer = Trainer(config, acc, models, feature, work, plan, total, captions)
-    if acc.log_with:  # tensorboard, when installed; acc.trackers stays empty until this call
-        acc.init_trackers("hand1000")
-    if train.init_from == "resume":
-        trainer.load_checkpoint()
+    trainer = Hand1000Trainer(config, acc, models, feature, work, plan, total, captions)
     log.info(
         "training '%s': %d images, %s schedule, %d steps per process on %d process(es) -> %s",
         gesture,
@@ -868,15 +561,10 @@ def train_hand1000(
         world,
         model_dir,
     )
-    try:
-        if train.schedule == "reference":
-            run_reference(trainer, mine)
-        else:
-            run_batched(trainer, mine, [item.key for item in items])
-    except _StopRequested:
-        log.info("stopped at train.max_steps = %d; resume with --resume", train.max_steps)
-    finally:
-        trainer.bar.close()
+    if train.schedule == "reference":
+        trainer.train(lambda: run_reference(trainer, mine))
+    else:
+        trainer.train(lambda: run_batched(trainer, mine, [item.key for item in items]))
     meta = {
         "gesture": gesture,
         "phrase": gesture_phrase(gesture),

@@ -1,0 +1,110 @@
+"""The Stable Diffusion parts every trainer uses: loading the base, encoding text and images, drawing
+(t, ε) on the CPU, the noise-prediction loss, and readying a UNet for training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from handsynth import hub
+from handsynth.errors import HandsynthError
+
+
+@dataclass
+class BaseModels:
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any  # DDPM, with the base model's training noise schedule
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel: 8 for SD, 2 for the tiny models."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale
+
+
+def load_base_models(base: str) -> BaseModels:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return BaseModels(
+        tokenizer=hub.from_pretrained(CLIPTokenizer, base, subfolder="tokenizer"),
+        text_encoder=hub.from_pretrained(CLIPTextModel, base, subfolder="text_encoder"),
+        vae=hub.from_pretrained(AutoencoderKL, base, subfolder="vae"),
+        unet=hub.from_pretrained(UNet2DConditionModel, base, subfolder="unet"),
+        noise_scheduler=hub.from_pretrained(DDPMScheduler, base, subfolder="scheduler"),
+    )
+
+
+@torch.no_grad()
+def encode_text(tokenizer: Any, text_encoder: Any, captions: list[str]) -> torch.Tensor:
+    """CLIP's last hidden state, (B, 77, D) in fp32; longer captions are truncated as in the reference."""
+    ids = tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0].float()
+
+
+@torch.no_grad()
+def encode_images(vae: Any, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """z0 = a sample of the VAE posterior times the scaling factor (0.18215 for SD v1), in fp32."""
+    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return (posterior.sample(generator=generator) * vae.config.scaling_factor).float()
+
+
+def draw_timesteps_and_noise(
+    generator: torch.Generator, latents: torch.Tensor, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U{0..T-1} and ε ~ N(0, I), drawn on the CPU so that every device gets the same numbers."""
+    t = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    return t.to(latents.device), noise.to(latents.device, latents.dtype)
+
+
+def noise_target(noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """What the UNet learns to predict: ε, or v for a v-prediction base."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, t)
+    raise HandsynthError(f"the base model's scheduler predicts '{kind}'; training supports epsilon and v")
+
+
+def diffusion_loss(
+    unet: Any,
+    noise_scheduler: Any,
+    latents: torch.Tensor,
+    embeddings: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample MSE(ε_θ(z_t, t, d), ε), shape (B,), computed in fp32."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+    target = noise_target(noise_scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def ready_for_training(model: Any, device: torch.device, gradient_checkpointing: bool) -> Any:
+    """A UNet or ControlNet on `device` in train mode, with torch's SDPA attention whatever the base
+    set, and activations recomputed in the backward pass when asked."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    model = model.to(device).train()
+    model.set_attn_processor(AttnProcessor2_0())
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
