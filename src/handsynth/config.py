@@ -64,7 +64,8 @@ class FeaturesSection:
 class ModelSection:
     base: str = "CompVis/stable-diffusion-v1-4"
     fusion: str = "token"  # token | flat
-    # The reference never trains fc (a fixed random projection); here Stage II trains it (see fusion.py).
+    # The reference never trains fc (a fixed random projection); here Stage II trains it
+    # (see hand1000/fusion.py).
     train_fusion: bool = True
     lam: float = 0.7
 
