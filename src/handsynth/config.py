@@ -1,6 +1,9 @@
 """One run is one TOML file, split into sections; CLI flags override it; the resolved copy is saved.
 
-Sections mirror the pipeline: `run`, `data`, `features`, `model`, `train`, `generate`, `evaluate`.
+Sections mirror the pipelines. Hand1000: `data`, `features`, `model`, `train`, `generate`, `evaluate`.
+The two-stage method: `pose` (its dataset), `handgen` (stage 1), `outpaint` (stage 2), and `evaluate`.
+`run` is shared, and so are the machinery keys of `train` (precision, optimiser, checkpoints, resume,
+validation, max_steps), which every trainer reads.
 A flag declared with `dest="section.key"`, or `--set section.key=value`, overrides the file.
 """
 
@@ -93,6 +96,56 @@ class TrainSection:
 
 
 @dataclass
+class PoseSection:
+    """The two-stage dataset (`handsynth pose build`): whole images for the outpainter, hand crops for
+    the hand generator (TWOSTAGE.md §2, §8, §9)."""
+
+    source: str = "synthetic"  # "synthetic", or a HaGRID folder (v1 or v2 layout)
+    gestures: list[str] = field(default_factory=lambda: list(PAPER_GESTURES))
+    n_train: int = 1000  # images per gesture
+    n_test: int = 1000
+    image_size: int = 512  # whole images, square
+    crop_size: int = 512  # hand crops, square
+    sam_model: str = "facebook/sam-vit-huge"  # empty: masks drawn from the landmarks
+    captioner: str = "llava"  # llava | metadata | blip2 | paligemma | vitgpt2
+    captioner_model: str = ""  # empty: the captioner's default hub id (llava-hf/llava-1.5-7b-hf)
+    caption_batch_size: int = 4
+    workers: int = 2  # Holistic worker processes
+    output_dir: str = ""  # empty: <run.output_dir>/twostage-data
+
+
+@dataclass
+class HandgenSection:
+    """Stage 1, the multi-task hand generator (seed 004 §III-B, TWOSTAGE.md §1-3)."""
+
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    mask_loss_weight: float = 0.05  # λ; 0 trains the single-task model of the ablation
+    mask_dropout: float = 0.5  # probability that the mask input channel is zeroed in training
+    lr: float = 1e-5
+    batch_size: int = 32
+    epochs: int = 5
+    steps: int = 50  # DDIM steps at inference
+    guidance: float = 7.5
+
+
+@dataclass
+class OutpaintSection:
+    """Stage 2, the ControlNet + LoRA body outpainter and the blend (seed 004 §III-C/D, TWOSTAGE.md §4-7)."""
+
+    base: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # a 4-channel SD UNet is accepted too
+    controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
+    lora_rank: int = 8
+    lr: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 1
+    blending: str = "sequential"  # sequential | naive | bbox | none
+    blend_noise: str = "noised"  # noised (as Blended Latent Diffusion) | clean (the literal Eq. 8)
+    unmasked_steps: int = 2  # the last steps run on the whole latent
+    steps: int = 50
+    guidance: float = 7.5
+
+
+@dataclass
 class GenerateSection:
     mu: float = 0.7
     steps: int = 45
@@ -133,6 +186,9 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     generate: GenerateSection = field(default_factory=GenerateSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    pose: PoseSection = field(default_factory=PoseSection)
+    handgen: HandgenSection = field(default_factory=HandgenSection)
+    outpaint: OutpaintSection = field(default_factory=OutpaintSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
