@@ -332,6 +332,12 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def weights_tag(path: Path) -> str:
+    """Names a weights file in cache keys: its name, size and modification time."""
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def load_inception(
     weights: str | os.PathLike | None = None,
     feature_dim: int = 2048,
