@@ -16,11 +16,15 @@ objects built in memory, one ground truth and at most one prediction per image:
 - no prediction, or one without a present keypoint in the part, is a miss (recall, not a false positive);
 - a predicted keypoint that is absent is put far outside the image, so it scores an OKS term of 0
   instead of being read as a point at (0, 0);
+- a ground truth whose present keypoints span no area (one keypoint, or all on a line) can only be
+  matched exactly: COCO divides by area + eps;
 - the prediction's score, which ranks predictions across images, is the mean of the detector's keypoint
-  scores over its present keypoints in the part, or 1.0 without scores. Tied scores keep the input
-  order (COCOeval sorts with a stable mergesort), so without scores DAP depends on the images' order.
-- maxDets stays at COCO's 20 (there is at most one prediction per image) and the value is the
-  'all' area range, as COCOeval.summarize reports it.
+  scores over its present keypoints in the part, or 1.0 for an image without scores. Tied scores keep
+  the input order (COCOeval sorts with a stable mergesort), so without scores DAP depends on the
+  images' order.
+- maxDets stays at COCO's 20 (there is at most one prediction per image), params.useSegm at None (any
+  other value would turn the evaluation into segm or bbox), and the value is the 'all' area range,
+  as COCOeval.summarize reports it. Over 12,000 images one DAP takes about 6 s on one core.
 
 MPJPE is the mean Euclidean distance in normalised coordinates (x / W, y / H) over every keypoint
 present in both the ground truth and the prediction, pooled over images. An image without a prediction
