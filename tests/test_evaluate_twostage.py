@@ -173,6 +173,7 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
             assert m["fid_fg"]["value"] == pytest.approx(fg, rel=1e-6)
             assert abs(fg - generic) > 1e-3 * generic  # removing the background changed the features
     assert m["fid_fg"]["masks"] == {"real_without_person": 0, "generated_without_person": 0}
+    assert report["settings"]["segmenter"] == "_central_mask"
     assert m["kid_fg"]["real"] == 6 and m["kid_fg"]["generated"] == 5
 
     clip = metrics.clip_similarity(fake_paths, [r["prompt"] for r in records], str(setup["clip"]), "cpu")
@@ -297,6 +298,8 @@ def test_bad_records_settings_and_manifests_are_named(tmp_path):
     config = Config()
     with pytest.raises(HandsynthError, match="unknown metrics"):
         ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print, wanted=["fid_h"])
+    with pytest.raises(HandsynthError, match="need a pose detector"):
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", None)
     config.evaluate.twostage_feature_dims = [100]
     with pytest.raises(HandsynthError, match="twostage_feature_dims"):
         ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print)

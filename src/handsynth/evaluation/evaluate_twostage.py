@@ -214,7 +214,22 @@ def fid_kid_by_dim(
     )
 
 
-def _check_settings(config: Config, wanted: Sequence[str]) -> list[int]:
+def _name(segmenter: Segmenter | None) -> str | None:
+    if segmenter is None:
+        return None
+    return getattr(segmenter, "name", getattr(segmenter, "__name__", type(segmenter).__name__))
+
+
+def _tap_features(
+    model: inception.InceptionV3, items: Sequence[Any], dims: Sequence[int], config: Config, name: str
+) -> dict[int, np.ndarray]:
+    ev = config.evaluate
+    return inception.extract_tap_features(
+        model, items, dims, ev.preprocess, ev.batch_size, f"{name} features"
+    )[0]
+
+
+def _check_settings(config: Config, wanted: Sequence[str], detector: Detector | None) -> list[int]:
     ev = config.evaluate
     unknown = set(wanted) - set(TWOSTAGE_METRICS)
     if unknown:
@@ -226,6 +241,8 @@ def _check_settings(config: Config, wanted: Sequence[str]) -> list[int]:
         )
     if ev.dap_area not in pose_metrics.AREA_MODES:
         raise HandsynthError(f"evaluate.dap_area must be one of {pose_metrics.AREA_MODES}")
+    if detector is None and POSE_METRICS & set(wanted):
+        raise HandsynthError("DAP and MPJPE need a pose detector; pass one, or leave them out of the metrics")
     return list(dict.fromkeys(dims))
 
 
@@ -234,18 +251,19 @@ def evaluate_twostage(
     records: Sequence[dict],
     real_manifest: str | os.PathLike,
     out: str | os.PathLike,
-    detector: Detector,
+    detector: Detector | None,
     segmenter: Segmenter | None = None,
     wanted: Sequence[str] = TWOSTAGE_METRICS,
     split: str = "test",
 ) -> dict:
     """Every metric in `wanted` for one set of generated images; writes the report files (module
     docstring) and returns the report. Inception features of the real images are cached in
-    `evaluate.cache_dir`; the fg features are made afresh, from the segmenter's masks."""
+    `evaluate.cache_dir`; the fg features are made afresh, from the segmenter's masks. A segmenter may
+    have a `name`, recorded in the settings."""
     from handsynth.hub import resolve_device
 
     ev = config.evaluate
-    dims = _check_settings(config, wanted)
+    dims = _check_settings(config, wanted, detector)
     records = check_records(records)
     real_paths = real_image_paths(real_manifest, split)
     fake_paths = [Path(r["image"]) for r in records]
@@ -264,7 +282,7 @@ def evaluate_twostage(
             "kid_seed": config.run.seed,
             "dap_area": ev.dap_area,
             "fg_background": list(BACKGROUND),
-            "segmenter": None if segmenter is None else getattr(segmenter, "name", type(segmenter).__name__),
+            "segmenter": _name(segmenter),
             "clip_model": ev.clip_model,
         },
         "metrics": {},
@@ -302,9 +320,7 @@ def evaluate_twostage(
             real_f, _ = inception.cached_tap_features(
                 model, real_paths, dims, cache_dir, ev.preprocess, ev.batch_size, tag, "real features"
             )
-            fake_f, _ = inception.extract_tap_features(
-                model, fake_paths, dims, ev.preprocess, ev.batch_size, "generated features"
-            )
+            fake_f = _tap_features(model, fake_paths, dims, config, "generated")
             fid, kid = fid_kid_by_dim(real_f, fake_f, dims, config)
             results.update({k: v for k, v in (("fid", fid), ("kid", kid)) if k in wanted})
         if {"fid_fg", "kid_fg"} & set(wanted):
@@ -314,21 +330,19 @@ def evaluate_twostage(
             else:
                 real_empty: list[int] = []
                 fake_empty: list[int] = []
-                real_fg, _ = inception.extract_tap_features(
+                real_fg = _tap_features(
                     model,
                     foreground_loaders(real_paths, segmenter, without_person=real_empty),
                     dims,
-                    ev.preprocess,
-                    ev.batch_size,
-                    "real fg features",
+                    config,
+                    "real fg",
                 )
-                fake_fg, _ = inception.extract_tap_features(
+                fake_fg = _tap_features(
                     model,
                     foreground_loaders(fake_paths, segmenter, without_person=fake_empty),
                     dims,
-                    ev.preprocess,
-                    ev.batch_size,
-                    "generated fg features",
+                    config,
+                    "generated fg",
                 )
                 fid_fg, kid_fg = fid_kid_by_dim(real_fg, fake_fg, dims, config)
                 masks = {"real_without_person": len(real_empty), "generated_without_person": len(fake_empty)}
