@@ -201,3 +201,38 @@ def test_plugs_into_torchmetrics_fid(model):
     ours = metrics.fid_from_features(model(real).double().numpy(), model(fake).double().numpy())
     assert float(fid.compute()) == pytest.approx(ours, rel=1e-4)
     at_tap(model, 2048)
+
+
+def test_several_taps_come_from_one_pass_and_equal_each_tap_alone(model, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (60, 70, 3), dtype=np.uint8) for _ in range(3)]
+    path = tmp_path / "img.png"
+    Image.fromarray(arrays[2]).save(path)
+
+    def broken():
+        raise HandsynthError("mask missing")
+
+    # an array, a function that makes the image, a failing one (skipped) and a file
+    items = [arrays[0], lambda: arrays[1], broken, path]
+    passes = []
+    original = model.taps
+    monkeypatch.setattr(model, "taps", lambda x, upto=None: passes.append(upto) or original(x, upto))
+    feats, used = inception.extract_tap_features(model, items, (192, 64), batch_size=8)
+    assert passes == [192] and used == [0, 1, 3]  # one batch, one pass to the deepest tap
+    for dim in (64, 192):
+        alone, _ = inception.extract_features(at_tap(model, dim), [arrays[0], arrays[1], path])
+        np.testing.assert_array_equal(feats[dim], alone)
+    at_tap(model, 2048)
+    with pytest.raises(HandsynthError, match="taps must be among"):
+        inception.extract_tap_features(model, items, (100,))
+
+    cached, cached_used = inception.cached_tap_features(model, [path] * 2, (64, 192), tmp_path / "cache")
+    assert list(cached_used) == [0, 1] and cached[64].shape == (2, 64) and cached[192].shape == (2, 192)
+    np.testing.assert_array_equal(cached[192][0], feats[192][2])
+    monkeypatch.setattr(inception, "extract_tap_features", lambda *a, **k: pytest.fail("cache not used"))
+    again, _ = inception.cached_tap_features(model, [path] * 2, (192, 64), tmp_path / "cache")
+    np.testing.assert_array_equal(again[64], cached[64])
+    with pytest.raises(pytest.fail.Exception):  # derived images under another tag are another key
+        inception.cached_tap_features(
+            model, [path] * 2, (64, 192), tmp_path / "cache", images=arrays[:2], images_tag="fg"
+        )

@@ -175,6 +175,9 @@ class EvaluateSection:
     batch_size: int = 32  # Inception / CLIP batch
     cache_dir: str = ""  # real-set feature cache; empty: <run.output_dir>/cache
     grid_images: int = 8  # real and generated samples shown on the report page
+    # two-stage method: FID/KID taps, the first reported as fid/kid (seed 004: 192; 768 in its ablation)
+    twostage_feature_dims: list[int] = field(default_factory=lambda: [192, 768, 2048])
+    dap_area: str = "part"  # part: the evaluated keypoints' box | pose: the whole pose's box (COCO-WholeBody)
 
 
 @dataclass

@@ -93,11 +93,6 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
     return paths, prompts
 
 
-def _weights_tag(path: Path) -> str:
-    st = path.stat()
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def _crop_features(
     model: inception.InceptionV3,
     paths: Sequence[Path],
@@ -228,7 +223,7 @@ def evaluate(
     if wanted & INCEPTION_METRICS:
         weights = inception.resolve_weights(ev.inception_weights or None)
         model = inception.load_inception(weights, ev.feature_dim, ev.preprocess, device)
-        tag = _weights_tag(weights)
+        tag = inception.weights_tag(weights)
         report["settings"].update(inception_weights=str(weights), inception_variant=model.variant)
         if wanted & {"fid", "kid"}:
             real_f = inception.cached_features(

@@ -332,6 +332,12 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def weights_tag(path: Path) -> str:
+    """Names a weights file in cache keys: its name, size and modification time."""
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def load_inception(
     weights: str | os.PathLike | None = None,
     feature_dim: int = 2048,
@@ -403,35 +409,47 @@ def preprocess_image(image: Image.Image | np.ndarray, mode: str = "clean") -> np
 
 
 @torch.no_grad()
-def extract_features(
+def extract_tap_features(
     model: InceptionV3,
-    images: Sequence[str | os.PathLike | Image.Image | np.ndarray],
+    images: Sequence[str | os.PathLike | Image.Image | np.ndarray | Callable[[], np.ndarray]],
+    dims: Sequence[int],
     preprocess: str = "clean",
     batch_size: int = 32,
     desc: str = "inception",
-) -> tuple[np.ndarray, list[int]]:
-    """Features (N_ok, feature_dim) float32 (the network's precision) and the indices of the images used.
+) -> tuple[dict[int, np.ndarray], list[int]]:
+    """Features at several taps from one forward pass per batch, which stops at the deepest tap asked
+    for: {dim: (N_ok, dim) float32} and the indices of the images used.
 
-    Files are read with `handsynth.files.load_rgb` (EXIF rotation, grayscale and alpha normalised).
-    An image that cannot be read is skipped and logged, so one bad file does not stop a long run.
+    An item is a file, read with `handsynth.files.load_rgb` (EXIF rotation, grayscale and alpha
+    normalised), an image, or a function that makes the image when it is needed (so a large set of
+    derived images, e.g. with the background removed, is never held in memory). An image that cannot be
+    read or made (a HandsynthError) is skipped and logged, so one bad file does not stop a long run.
     """
     check_preprocess(preprocess)
+    dims = sorted(set(dims))
+    if not dims or any(dim not in TAPS for dim in dims):
+        raise HandsynthError(f"Inception taps must be among {TAPS}, got {list(dims)}")
     device = next(model.parameters()).device
-    feats: list[np.ndarray] = []
+    feats: dict[int, list[np.ndarray]] = {dim: [] for dim in dims}
     used: list[int] = []
     batch: list[np.ndarray] = []
     batch_idx: list[int] = []
 
     def flush() -> None:
         x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
-        feats.append(model(x).float().cpu().numpy())
+        taps = model.taps(x, upto=dims[-1])
+        for dim in dims:
+            feats[dim].append(taps[dim].float().cpu().numpy())
         used.extend(batch_idx)
         batch.clear()
         batch_idx.clear()
 
     for i, item in enumerate(tqdm(images, desc=desc, unit="img")):
         try:
-            image = load_rgb(item) if isinstance(item, str | os.PathLike) else item
+            if callable(item):
+                image = item()
+            else:
+                image = load_rgb(item) if isinstance(item, str | os.PathLike) else item
             batch.append(preprocess_image(image, preprocess))
         except HandsynthError as exc:
             log.warning("skipped: %s", exc)
@@ -441,8 +459,24 @@ def extract_features(
             flush()
     if batch:
         flush()
-    out = np.concatenate(feats) if feats else np.zeros((0, model.feature_dim), np.float32)
+    out = {
+        dim: np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        for dim, parts in feats.items()
+    }
     return out, used
+
+
+def extract_features(
+    model: InceptionV3,
+    images: Sequence[str | os.PathLike | Image.Image | np.ndarray],
+    preprocess: str = "clean",
+    batch_size: int = 32,
+    desc: str = "inception",
+) -> tuple[np.ndarray, list[int]]:
+    """Features (N_ok, feature_dim) float32 (the network's precision) and the indices of the images used;
+    see `extract_tap_features`."""
+    feats, used = extract_tap_features(model, images, (model.feature_dim,), preprocess, batch_size, desc)
+    return feats[model.feature_dim], used
 
 
 def fingerprint(paths: Sequence[str | os.PathLike], settings: dict) -> str:
@@ -490,6 +524,45 @@ def cached_features(
         return {"features": feats, "mu": mu, "sigma": sigma, "used": np.asarray(used, dtype=np.int64)}
 
     return cached_npz(cache, compute)
+
+
+def cached_tap_features(
+    model: InceptionV3,
+    paths: Sequence[str | os.PathLike],
+    dims: Sequence[int],
+    cache_dir: str | os.PathLike,
+    preprocess: str = "clean",
+    batch_size: int = 32,
+    weights_tag: str = "",
+    desc: str = "inception",
+    images: Sequence[np.ndarray | Callable[[], np.ndarray]] | None = None,
+    images_tag: str = "",
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """`extract_tap_features` of `paths` (or of `images`, made from `paths` as `images_tag` names, e.g.
+    with the background removed), read from / written to an .npz in `cache_dir`.
+
+    The key covers the files, the taps, the preprocessing, `weights_tag` and `images_tag`, as in
+    `cached_features`. Returns ({dim: features}, indices of the images used).
+    """
+    dims = sorted(set(dims))
+    settings = {
+        "preprocess": preprocess,
+        "taps": dims,
+        "variant": model.variant,
+        "weights": weights_tag,
+        "images": images_tag,
+    }
+    key = fingerprint(paths, settings)
+    cache = Path(cache_dir) / f"inception-taps-{'-'.join(map(str, dims))}-{preprocess}-{key}.npz"
+
+    def compute() -> dict[str, np.ndarray]:
+        feats, used = extract_tap_features(
+            model, paths if images is None else images, dims, preprocess, batch_size, desc
+        )
+        return {**{f"features_{dim}": f for dim, f in feats.items()}, "used": np.asarray(used, np.int64)}
+
+    data = cached_npz(cache, compute)
+    return {dim: data[f"features_{dim}"] for dim in dims}, data["used"]
 
 
 def cached_npz(

@@ -1,0 +1,305 @@
+"""The two-stage evaluation on real HaGRID photos, with an injected detector and segmenter that return
+known poses and masks (the metric code is what is under test), a random Inception and a tiny CLIP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handsynth import files
+from handsynth.config import Config
+from handsynth.errors import HandsynthError
+from handsynth.evaluation import evaluate_twostage as ets
+from handsynth.evaluation import inception, metrics, pose_metrics
+from handsynth.perception.wholebody import HAND_INDICES, empty_pose
+from handsynth.tiny.inception import write_random_inception
+
+REAL = ["call", "four", "like", "mute", "ok", "palm"]
+GENERATED = ["dislike", "fist", "one", "peace", "stop"]
+FRAME = 256  # the ground-truth poses' frame; the generated images are half that size
+
+
+def _digest(rgb: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+
+
+def _central_mask(rgb: np.ndarray) -> np.ndarray:
+    """A person mask: the image's central half."""
+    h, w = rgb.shape[:2]
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def setup(hagrid_mini, tmp_path_factory) -> dict:
+    """A two-stage images.jsonl (6 real photos as 'test', 1 as 'train'), 5 generated images (other
+    photos, 128 px) with ground-truth poses in a 256 px frame, and what a detector finds on each."""
+    from handsynth.tiny.clip import write_tiny_clip
+
+    root = tmp_path_factory.mktemp("twostage-eval")
+    rows = []
+    for i, gesture in enumerate([*REAL, "holy"]):
+        rel = f"images/{i:03d}.png"
+        photo = Image.open(next((hagrid_mini / "images" / gesture).glob("*.jpg"))).convert("RGB")
+        files.save_image(root / "data" / rel, photo.resize((96, 96)))
+        rows.append({"key": f"k{i}", "split": "test" if i < 6 else "train", "image": rel, "gesture": gesture})
+    files.write_jsonl(root / "data" / "images.jsonl", rows)
+
+    rng = np.random.default_rng(0)
+    records, detections = [], {}
+    for i, gesture in enumerate(GENERATED):
+        photo = Image.open(next((hagrid_mini / "images" / gesture).glob("*.jpg"))).convert("RGB")
+        path = root / "generated" / f"{i:03d}.png"
+        files.save_image(path, photo.resize((FRAME // 2, FRAME // 2)))
+        truth = empty_pose()
+        truth[:, :2] = rng.uniform(40, 220, (133, 2))
+        truth[:, 2] = 2
+        truth[23:91, 2] = 0  # no face in the ground truth
+        # found at half size, shifted by i px there: i * 2 px in the ground truth's frame
+        found = truth.copy()
+        found[:, :2] = truth[:, :2] / 2 + i
+        if i == 3:
+            found = None  # nothing detected
+        elif i == 2:
+            found[HAND_INDICES, 2] = 0  # a body without hands
+        rgb = files.load_rgb(path)
+        detections[_digest(rgb)] = found
+        records.append(
+            {
+                "key": f"g{i}",
+                "image": str(path),
+                "prompt": f"a person, {gesture} gesture, {i}",
+                "keypoints": truth,
+            }
+        )
+        records[-1].update(width=FRAME, height=FRAME)
+    return {
+        "root": root,
+        "records": records,
+        "detections": detections,
+        "weights": write_random_inception(root / "weights" / inception.WEIGHTS_NAME, seed=0),
+        "clip": write_tiny_clip(root / "clip", seed=0),
+    }
+
+
+def _config(setup: dict) -> Config:
+    config = Config()
+    config.run.output_dir = str(setup["root"] / "run")
+    config.run.device = "cpu"
+    config.evaluate.inception_weights = str(setup["weights"])
+    config.evaluate.kid_subsets = 10
+    config.evaluate.kid_subset_size = 4
+    config.evaluate.clip_model = str(setup["clip"])
+    config.evaluate.grid_images = 4
+    return config
+
+
+def _detector(setup: dict):
+    def detect(rgb: np.ndarray):
+        found = setup["detections"][_digest(rgb)]
+        return None if found is None else found.copy()
+
+    return detect
+
+
+@pytest.mark.slow
+def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
+    root, records = setup["root"], setup["records"]
+    config = _config(setup)
+    out = root / "run" / "eval-twostage"
+    report = ets.evaluate_twostage(
+        config, records, root / "data" / "images.jsonl", out, _detector(setup), _central_mask
+    )
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    m = report["metrics"]
+    assert set(m) == set(ets.TWOSTAGE_METRICS)
+    assert report["real"]["images"] == 6 and report["generated"]["images"] == 5
+
+    # pose metrics: the detections rescaled to the 256 px frame are the truth shifted by 2 i px
+    truths = [r["keypoints"] for r in records]
+    expected = []
+    for i, truth in enumerate(truths):
+        found = None if i == 3 else truth.copy()
+        if found is not None:
+            found[:, :2] += 2 * i
+            if i == 2:
+                found[HAND_INDICES, 2] = 0
+        expected.append(found)
+    poses = pose_metrics.pose_metrics(truths, expected, [(FRAME, FRAME)] * 5)
+    for key in ("dap", "dap_hands", "mpjpe", "mpjpe_hands"):
+        assert m[key] == pytest.approx(poses[key]), key
+    assert m["mpjpe"]["detection_rate"] == 0.8 and m["mpjpe_hands"]["detection_rate"] == 0.6
+    # shifts of 0, 2, 4 and 8 px along both axes in a 256 px frame, pooled over the matched keypoints:
+    # 65 per image (no face), 23 on image 2 (no hands)
+    pooled = (0 * 65 + 2 * 65 + 4 * 23 + 8 * 65) / (3 * 65 + 23)
+    assert m["mpjpe"]["value"] == pytest.approx(pooled * np.sqrt(2) / 256, rel=1e-5)
+    assert (
+        0.0 < m["dap"]["value"] < 1.0 and m["dap"]["predictions"] == 4 and m["dap_hands"]["predictions"] == 3
+    )
+    detections = files.read_jsonl(out / "detections.jsonl")
+    assert detections[3]["keypoints"] is None
+    np.testing.assert_allclose(np.array(detections[1]["keypoints"]), expected[1], atol=1e-4)
+
+    # FID at the 192-d tap equals the generic FID on features from a 192-d network, and so at 2048
+    real_paths = ets.real_image_paths(root / "data")
+    fake_paths = [r["image"] for r in records]
+    assert m["fid"]["feature_dim"] == 192 and set(m["fid"]["by_dim"]) == {"192", "768", "2048"}
+    for dim in (192, 2048):
+        model = inception.load_inception(setup["weights"], feature_dim=dim)
+        real_f, _ = inception.extract_features(model, real_paths)
+        fake_f, _ = inception.extract_features(model, fake_paths)
+        generic = metrics.fid_from_features(real_f, fake_f)
+        assert m["fid"]["by_dim"][str(dim)] == pytest.approx(generic, rel=1e-6)
+        kid = metrics.kid(real_f, fake_f, 10, 4, seed=0)["mean"]
+        assert m["kid"]["by_dim"][str(dim)]["mean"] == pytest.approx(kid, rel=1e-5, abs=1e-9)
+        if dim == 192:
+            assert m["fid"]["value"] == pytest.approx(generic, rel=1e-6)
+            assert m["kid"]["mean"] == pytest.approx(kid, rel=1e-5, abs=1e-9)
+            # fg: the same, on images whose outside of the central half is black
+            blacked = []
+            for path in [*real_paths, *fake_paths]:
+                rgb = files.load_rgb(path)
+                rgb[~_central_mask(rgb)] = 0
+                blacked.append(rgb)
+            real_fg, _ = inception.extract_features(model, blacked[:6])
+            fake_fg, _ = inception.extract_features(model, blacked[6:])
+            fg = metrics.fid_from_features(real_fg, fake_fg)
+            assert m["fid_fg"]["value"] == pytest.approx(fg, rel=1e-6)
+            assert abs(fg - generic) > 1e-3 * generic  # removing the background changed the features
+    assert m["fid_fg"]["masks"] == {"real_without_person": 0, "generated_without_person": 0}
+    assert report["settings"]["segmenter"] == "_central_mask"
+    assert m["kid_fg"]["real"] == 6 and m["kid_fg"]["generated"] == 5
+
+    clip = metrics.clip_similarity(fake_paths, [r["prompt"] for r in records], str(setup["clip"]), "cpu")
+    assert m["clipsim"]["clipsim"] == pytest.approx(clip["clipsim"], rel=1e-6)
+
+    page = (out / "report.md").read_text()
+    for label in (
+        "DAP",
+        "DAP hands",
+        "MPJPE hands",
+        "FID (192-d)",
+        "KID fg (192-d)",
+        "CLIPSIM",
+        "samples.png",
+    ):
+        assert label in page
+    grid = Image.open(out / "samples.png")
+    assert grid.size == (4 * ets.GRID_CELL, 3 * ets.GRID_CELL)
+    # column 3 had no detection: its middle cell is the image darkened to a third
+    cell = np.asarray(grid)[ets.GRID_CELL : 2 * ets.GRID_CELL, 3 * ets.GRID_CELL : 4 * ets.GRID_CELL]
+    top = np.asarray(grid)[: ets.GRID_CELL, 3 * ets.GRID_CELL : 4 * ets.GRID_CELL].astype(int)
+    assert cell.max() <= 255 // 3 + 1 and top.max() > 200
+    assert (
+        ets.headline(report)["fid"] == m["fid"]["value"]
+        and ets.headline(report)["kid_fg"] == m["kid_fg"]["mean"]
+    )
+
+    # a second evaluation against the same real set reads none of its images again
+    seen = []
+    original = inception.extract_tap_features
+
+    def counting(model, images, *args, **kwargs):
+        seen.extend(str(p) for p in images if isinstance(p, str | Path))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(inception, "extract_tap_features", counting)
+    again = ets.evaluate_twostage(
+        config, records[:3], root / "data", root / "run" / "again", _detector(setup), wanted=["fid"]
+    )
+    assert seen == fake_paths[:3] and set(again["metrics"]) == {"fid"}
+    assert again["metrics"]["fid"]["real"] == 6
+
+
+def test_remove_background_reads_every_mask_kind(tmp_path):
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) + 1
+    keep = np.array([[True, False, True], [False, False, True]])
+    expected = np.where(keep[..., None], rgb, 0)
+    png = tmp_path / "mask.png"
+    Image.fromarray(keep.astype(np.uint8) * 255).save(png)
+    for mask in (
+        keep,
+        keep.astype(np.uint8),
+        keep.astype(np.uint8) * 255,
+        keep * 0.9 + 0.05,
+        png,
+        keep[..., None],
+    ):
+        np.testing.assert_array_equal(ets.remove_background(rgb, mask), expected)
+    grey = ets.remove_background(rgb, keep, background=(7, 8, 9))
+    np.testing.assert_array_equal(grey[0, 1], [7, 8, 9])
+    np.testing.assert_array_equal(grey[0, 0], rgb[0, 0])
+    assert not ets.remove_background(rgb, None).any()  # no person found: all background
+    with pytest.raises(HandsynthError, match=r"person mask of photo.png is \(3, 2\), the image is \(2, 3\)"):
+        ets.remove_background(rgb, keep.T, name="photo.png")
+
+
+def test_foreground_loaders_from_masks_or_a_segmenter(tmp_path):
+    rgbs = [np.full((4, 4, 3), 100 + i, np.uint8) for i in range(3)]
+    paths = []
+    for i, rgb in enumerate(rgbs):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    masks = [np.eye(4, dtype=bool), None, np.ones((4, 4), np.uint8)]
+    empty: list[int] = []
+    loaded = [load() for load in ets.foreground_loaders(paths, masks, without_person=empty)]
+    np.testing.assert_array_equal(loaded[0][..., 0], np.eye(4) * 100)
+    assert not loaded[1].any() and (loaded[2] == 102).all() and empty == [1]
+    calls = []
+    segmenter = lambda rgb: calls.append(int(rgb[0, 0, 0])) or rgb[..., 0] > 100  # noqa: E731
+    loaders = ets.foreground_loaders(rgbs, segmenter)
+    assert calls == []  # nothing is read or segmented before Inception asks
+    assert not loaders[0]().any() and (loaders[2]() == 102).all() and calls == [100, 102]
+    with pytest.raises(HandsynthError, match="3 images but 2 masks"):
+        ets.foreground_loaders(paths, masks[:2])
+
+
+def test_detect_poses_rescales_to_the_truth_frame_and_skips_unreadable_images(tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(path)
+    found = empty_pose()
+    found[0] = (10, 20, 2)
+    records = [
+        {"image": path, "width": 200, "height": 200},
+        {"image": tmp_path / "missing.png", "width": 200, "height": 200},
+    ]
+    predictions, scores, unreadable = ets.detect_poses(records, lambda rgb: (found, np.full(133, 0.5)))
+    np.testing.assert_allclose(predictions[0][0], (20, 80, 2))  # x * 200/100, y * 200/50
+    assert found[0, 0] == 10  # the detector's own array is left alone
+    assert (
+        scores[0][0] == 0.5 and predictions[1] is None and list(unreadable) == [str(tmp_path / "missing.png")]
+    )
+    with pytest.raises(HandsynthError, match="pose detected on"):
+        ets.detect_poses(records[:1], lambda rgb: np.zeros((17, 3)))
+
+
+def test_bad_records_settings_and_manifests_are_named(tmp_path):
+    record = {"image": "x.png", "prompt": "p", "keypoints": empty_pose(), "width": 64, "height": 64}
+    assert ets.check_records([record])[0]["keypoints"].shape == (133, 3)
+    with pytest.raises(HandsynthError, match=r"record 0 \(x.png\) lacks prompt"):
+        ets.check_records([{**record, "prompt": None}])
+    with pytest.raises(HandsynthError, match="record 0 .* positive integers"):
+        ets.check_records([{**record, "width": "wide"}])
+    with pytest.raises(HandsynthError, match="ground truth of record 0"):
+        ets.check_records([{**record, "keypoints": [[0, 0, 2]]}])
+    with pytest.raises(HandsynthError, match="no generated images"):
+        ets.check_records([])
+    with pytest.raises(HandsynthError, match="handsynth pose build"):
+        ets.real_image_paths(tmp_path)
+    files.write_jsonl(tmp_path / "images.jsonl", [{"split": "train", "image": "a.png"}])
+    with pytest.raises(HandsynthError, match="no 'test' rows"):
+        ets.real_image_paths(tmp_path)
+    config = Config()
+    with pytest.raises(HandsynthError, match="unknown metrics"):
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print, wanted=["fid_h"])
+    with pytest.raises(HandsynthError, match="need a pose detector"):
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", None)
+    config.evaluate.twostage_feature_dims = [100]
+    with pytest.raises(HandsynthError, match="twostage_feature_dims"):
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print)
