@@ -482,7 +482,10 @@ def write_synthetic_hagrid(
     for gesture in gestures:
         annotation_path = folder / "annotations" / split / f"{gesture}.json"
         wholebody_path = folder / "wholebody" / split / f"{gesture}.json"
-        if _lists(annotation_path, per_gesture) and (not twostage or _lists(wholebody_path, per_gesture)):
+        masks = folder / "masks" / gesture
+        if _lists(annotation_path, per_gesture) and (
+            not twostage or _lists(wholebody_path, per_gesture, masks)
+        ):
             continue
         entries, poses = {}, {}
         for index in tqdm(range(per_gesture), desc=f"synthetic {gesture}", unit="img"):
@@ -503,5 +506,9 @@ def write_synthetic_hagrid(
     return folder
 
 
-def _lists(path: Path, count: int) -> bool:
-    return path.is_file() and len(json.loads(path.read_text())) == count
+def _lists(path: Path, count: int, masks: Path | None = None) -> bool:
+    """`path` holds `count` entries (and, given `masks`, each key has its mask file there)."""
+    if not path.is_file():
+        return False
+    table = json.loads(path.read_text())
+    return len(table) == count and (masks is None or all((masks / f"{key}.png").is_file() for key in table))

@@ -122,18 +122,17 @@ def make_masker(sam_model: str, device: str = "auto") -> HandMasker:
 def read_mask(path: Path, width: int, height: int, image: str | Path) -> np.ndarray:
     """A 0/255 mask file as a (height, width) bool array; a HandsynthError naming both files when it
     cannot be read or its size is not its image's."""
+    again = "(a synthetic source writes its masks again on the next run)"
     try:
         with Image.open(path) as file:
             mask = np.asarray(file.convert("L")) > 127
     except FileNotFoundError:
-        raise HandsynthError(
-            f"mask file {path} for {image} is missing; write the source's masks again"
-        ) from None
+        raise HandsynthError(f"mask file {path} for {image} is missing {again}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise HandsynthError(f"cannot read mask file {path}: {exc}; replace or delete it") from None
+        raise HandsynthError(f"cannot read mask file {path}: {exc}; delete it {again}") from None
     if mask.shape != (height, width):
         raise HandsynthError(
             f"mask file {path} is {mask.shape[1]}x{mask.shape[0]}, but its image {image} is "
-            f"{width}x{height}; a mask must have its image's size: write the masks again, or delete this one"
+            f"{width}x{height}; a mask must have its image's size: delete it {again}"
         )
     return mask
