@@ -138,7 +138,7 @@ def test_person_mask_is_the_image_size_where_a_body_is_found(detected):
 
 
 def test_results_depend_on_the_image_alone(hagrid_mini):
-    """Holistic keeps state between images even in static mode (mediapipe#4981): without the reset
+    """Holistic keeps state between images even in static mode (mediapipe#4981): without clearing it
     the holy photo gives a left hand or not depending on the photo before it."""
     holy, timeout = (load_rgb(next((hagrid_mini / "images" / g).glob("*.jpg"))) for g in ("holy", "timeout"))
     with PoseDetector(fill_hands=False) as detector:

@@ -18,9 +18,11 @@ Its hands are kept; a missing one is filled from MediaPipe Hands, matched to the
 body, or, with no body, by handedness. `hand_sources` records "holistic", "hands" or None per side.
 
 Holistic keeps state between images even with static_image_mode (mediapipe#4981: the same photo can
-give a hand or not depending on the photos before it), so the graph is reset before every image:
-a result then depends on its image alone, whatever the order, worker or shard. The reset costs
-about 0.1 s per image on a CPU core.
+give a hand or not depending on the photos before it). A frame with no person before each image
+clears it: every result then equals a fresh graph's on that image alone, whatever the order, worker
+or shard (tests/test_pose.py checks this against a fresh graph per photo). The documented
+`reset()` does the same but restarts the graph, 3-4 times Holistic's own time per image
+(benchmarks/pose_data.py); the empty frame costs a pose-detector pass, about a fifth.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ HANDS_FILL = dict(max_num_hands=2, min_detection_confidence=0.5)
 DUPLICATE_IOU = 0.5  # a Hands detection this much over a Holistic hand is that same hand
 PERSON_THRESHOLD = 0.5  # segmentation probability above which a pixel is the person
 SIDES = ("left", "right")
+_EMPTY_FRAME = np.zeros((32, 32, 3), np.uint8)
 _WRISTS = {"left": LEFT_WRIST, "right": RIGHT_WRIST}
 # MediaPipe Hands assumes a mirrored (selfie) image: on an ordinary photo its "Left" is the subject's right.
 _SUBJECT_SIDE = {"Left": "right", "Right": "left"}
@@ -242,7 +245,7 @@ class PoseDetector:
             raise HandsynthError("this PoseDetector is closed; create a new one")
         rgb = np.ascontiguousarray(rgb)
         if self.calls:
-            self._holistic.reset()
+            self._holistic.process(_EMPTY_FRAME)  # clears what the last image left in the graph
         result = self._holistic.process(rgb)
         self.calls += 1
         pose = wholebody_from_holistic(result, rgb.shape[1], rgb.shape[0])

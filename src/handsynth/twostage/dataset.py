@@ -192,20 +192,15 @@ def _preflight(config: Config, need_masker: bool) -> None:
     from handsynth.data.captioning import DEFAULT_MODELS
 
     pose = config.pose
-    if pose.captioner != "metadata":
-        hub.from_pretrained(AutoConfig, pose.captioner_model or DEFAULT_MODELS[pose.captioner])
+    captioner = pose.captioner_model or DEFAULT_MODELS.get(pose.captioner)
+    if pose.captioner != "metadata" and captioner:
+        hub.from_pretrained(AutoConfig, captioner)
     if need_masker and pose.sam_model:
         hub.from_pretrained(AutoConfig, pose.sam_model)
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _save_mask(path: Path, mask: np.ndarray) -> None:
-    files.write_bytes(path, _png(Image.fromarray(mask.astype(np.uint8) * 255)))
+    files.save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
 
 
 def _save_heatmaps(path: Path, heatmaps: np.ndarray) -> None:
@@ -270,7 +265,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     outside = ((square[:, :2] < 0) | (square[:, :2] > size)).any(axis=1)
     square[outside, 2] = 0.0  # cut off by the square: absent in this image, as COCO does
     hand_mask = cut_mask(mask, box, size)
-    files.write_bytes(out / item.path("images"), _png(cut_square(source, box, size)))
+    files.save_image(out / item.path("images"), cut_square(source, box, size))
     _save_mask(out / item.path("hand_masks"), hand_mask)
     person_rel = None
     if person is not None:
@@ -297,7 +292,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     }
     hand_rows = []
     for i, crop in enumerate(crops):
-        files.write_bytes(out / item.path("crops", i), _png(crop.image))
+        files.save_image(out / item.path("crops", i), crop.image)
         _save_mask(out / item.path("crop_masks", i), crop.mask)
         _save_heatmaps(out / item.path("heatmaps", i, ".npz"), crop.heatmaps)
         hand_rows.append({
