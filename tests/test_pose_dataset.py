@@ -84,6 +84,9 @@ def test_synthetic_build_writes_the_contract(synthetic_build):
         np.testing.assert_array_equal(keypoints[:, 2], drawn[:, 2])  # the hands are held in the square
         mask = _png(out / row["hand_mask"])
         assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 255}
+        # the outpainter's images have a hand mask of 2500 px or more, counted at 512 px
+        assert row["hand_mask_pixels"] == (mask == 255).sum()
+        assert row["outpaint"] == ((mask == 255).sum() * (512 / 64) ** 2 >= 2500)
         hands = keypoints[91:133][keypoints[91:133, 2] > 0]
         assert (
             mask[hands[:, 1].astype(int).clip(0, 63), hands[:, 0].astype(int).clip(0, 63)] == 255
@@ -106,6 +109,15 @@ def test_synthetic_build_writes_the_contract(synthetic_build):
     assert report["seconds_per_image"]["mask"] is not None and report["seconds_per_image"]["holistic"] is None
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width == 4 * 160 and sheet.height == 22 + 6 * 160
+
+
+def test_images_with_small_hand_masks_are_kept_for_evaluation_but_not_outpainting(tmp_path):
+    report = build_pose_dataset(_config(tmp_path, **{"pose.min_mask_pixels": 10**6}), progress=False)
+    rows = files.read_jsonl(tmp_path / "twostage-data" / "images.jsonl")
+    assert len(rows) == 8 and not any(r["outpaint"] for r in rows)
+    assert report["counts"]["small_mask"] == 8 and sorted(report["small_mask"]) == sorted(
+        r["key"] for r in rows
+    )
 
 
 def test_shards_merge_into_the_unsharded_dataset(synthetic_build, tmp_path, capsys):

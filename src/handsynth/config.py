@@ -107,8 +107,8 @@ class PoseSection:
     image_size: int = 512  # whole images, square
     crop_size: int = 512  # hand crops, square
     crop_margin: float = 0.25  # a hand crop's square adds this share of the hand's longer side per side
-    # images whose hand mask is smaller (counted at 512 px, scaled with the area) stay out of images.jsonl,
-    # the outpainter's data, as the paper's LAION-Human set; their crops stay in hands.jsonl
+    # images whose hand mask is smaller (counted at 512 px, scaled with the area) get "outpaint": false in
+    # images.jsonl: the outpainter leaves them out, as the paper's LAION-Human set; the evaluation keeps them
     min_mask_pixels: int = 2500
     sam_model: str = "facebook/sam-vit-huge"  # empty: masks drawn from the landmarks
     captioner: str = "llava"  # llava | metadata | blip2 | paligemma | vitgpt2

@@ -2,7 +2,8 @@
 
 `pose build` turns a HaGRID-layout folder, or the synthetic one, into `<run>/twostage-data/`:
 - `images.jsonl`: whole images, square, `pose.image_size` px, with the pose, hand mask, person mask
-  and caption: the outpainter's data and the evaluation's ground truth;
+  and caption: the evaluation's ground truth, and the outpainter's data where `"outpaint"` is true
+  (the hand mask has at least `pose.min_mask_pixels` at 512 px, as the paper's LAION-Human set);
 - `hands.jsonl`: square hand crops, `pose.crop_size` px, with their keypoints, finger heatmaps
   (uint8 `.npz`), mask, box in the whole image and caption: the hand generator's data;
 - `report.json` (counts, detection rates, mask sources, time per image), `contact_sheet.png`,
@@ -418,10 +419,12 @@ def build_pose_dataset(
         if caption is None:
             uncaptioned.append(item.key)
             continue
-        if entry["image_row"]["hand_mask_pixels"] * scale < pose.min_mask_pixels:
+        # the paper leaves images with small hand masks out of the outpainter's data; they stay as
+        # evaluation ground truth, flagged
+        outpaint = entry["image_row"]["hand_mask_pixels"] * scale >= pose.min_mask_pixels
+        if not outpaint:
             small.append(item.key)
-        else:
-            image_rows.append({**entry["image_row"], "caption": caption})
+        image_rows.append({**entry["image_row"], "caption": caption, "outpaint": outpaint})
         hand_rows += [{**row, "caption": caption} for row in entry["hand_rows"]]
     files.write_jsonl(out / "images.jsonl", image_rows)
     files.write_jsonl(out / "hands.jsonl", hand_rows)
