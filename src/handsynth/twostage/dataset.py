@@ -46,7 +46,7 @@ from handsynth.perception.pose import SIDES
 from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.twostage.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.extract import PoseRun, detect_poses, summarize
-from handsynth.twostage.masks import dilate, make_masker, read_mask
+from handsynth.twostage.masks import dilate, make_masker, read_mask, sam_module
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ def _preflight(config: Config, need_masker: bool) -> None:
     if pose.captioner != "metadata" and captioner:
         hub.from_pretrained(AutoConfig, captioner)
     if need_masker and pose.sam_model:
+        sam_module(pose.sam_model)
         hub.from_pretrained(AutoConfig, pose.sam_model)
 
 

@@ -89,6 +89,19 @@ class LandmarkMasker(HandMasker):
         return [dilate(landmark_mask(hand, height, width)) for hand in hands]
 
 
+def sam_module(model: str):
+    """handsynth.perception.sam, or a HandsynthError saying how to do without it."""
+    try:
+        return importlib.import_module("handsynth.perception.sam")
+    except ModuleNotFoundError as exc:
+        if exc.name != "handsynth.perception.sam":
+            raise
+        raise HandsynthError(
+            f"pose.sam_model is '{model}', but this installation has no SAM support "
+            '(handsynth.perception.sam); set pose.sam_model = "" to draw the masks from the landmarks'
+        ) from None
+
+
 class SamMasker(HandMasker):
     """SAM prompted with each hand's keypoints and box, the hands of one image in one batch; the
     segmenter dilates its masks itself."""
@@ -97,15 +110,7 @@ class SamMasker(HandMasker):
 
     def __init__(self, model: str, device: str = "auto") -> None:
         super().__init__()
-        try:
-            sam = importlib.import_module("handsynth.perception.sam")
-        except ModuleNotFoundError as exc:
-            if exc.name != "handsynth.perception.sam":
-                raise
-            raise HandsynthError(
-                f"pose.sam_model is '{model}', but this installation has no SAM support "
-                '(handsynth.perception.sam); set pose.sam_model = "" to draw the masks from the landmarks'
-            ) from None
+        sam = sam_module(model)
         self.model = model
         self.segmenter = sam.SamSegmenter.from_pretrained(model, device)
 
