@@ -498,7 +498,7 @@ def write_synthetic_hagrid(
                 mask_path = folder / "masks" / gesture / f"{key}.png"
                 if not mask_path.is_file():
                     files.save_image(mask_path, Image.fromarray(figure.hand_mask.astype(np.uint8) * 255))
-                poses[key] = figure.keypoints.round(3).tolist()
+                poses[key] = figure.keypoints.astype(np.float64).round(3).tolist()
             entries[key] = figure.entry
         if twostage:
             files.write_text(wholebody_path, json.dumps(poses))

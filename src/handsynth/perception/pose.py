@@ -86,8 +86,8 @@ class WholeBody:
         return {
             "width": self.width,
             "height": self.height,
-            "keypoints": self.keypoints.round(3).tolist() if found else None,
-            "scores": self.scores.round(4).tolist() if found else None,
+            "keypoints": self.keypoints.astype(np.float64).round(3).tolist() if found else None,
+            "scores": self.scores.astype(np.float64).round(4).tolist() if found else None,
             "hand_sources": dict(self.hand_sources),
             "body": self.body,
         }
