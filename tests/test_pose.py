@@ -243,3 +243,18 @@ def test_bad_input_is_a_clear_error():
             detector.detect(np.zeros((10, 10), np.uint8))
     with pytest.raises(HandsynthError, match="closed"):
         detector.detect(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_detector_and_segmenter_as_the_evaluation_takes_them(hagrid_mini):
+    call = load_rgb(next((hagrid_mini / "images" / "call").glob("*.jpg")))
+    empty = np.full((120, 160, 3), 128, np.uint8)
+    with PoseDetector(segmentation=True) as detector:
+        pose = detector.detect(call)
+        keypoints, scores = detector.pose_and_scores(call)
+        np.testing.assert_array_equal(keypoints, pose.keypoints)
+        np.testing.assert_array_equal(scores, pose.scores)
+        np.testing.assert_array_equal(detector.person_mask(call), pose.person_mask())
+        assert detector.person_mask(call).shape == call.shape[:2]
+        assert detector.pose_and_scores(empty) is None and detector.person_mask(empty) is None
+    with PoseDetector(fill_hands=False) as detector, pytest.raises(HandsynthError, match="segmentation=True"):
+        detector.person_mask(call)

@@ -253,6 +253,18 @@ class PoseDetector:
             fill_missing_hands(pose, self._hands.detect(rgb))
         return pose
 
+    def pose_and_scores(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """A detector as the two-stage evaluation takes one: the pose and scores, None with no person."""
+        pose = self.detect(rgb)
+        return (pose.keypoints, pose.scores) if pose.found else None
+
+    def person_mask(self, rgb: np.ndarray) -> np.ndarray | None:
+        """A segmenter as the two-stage evaluation takes one (the "fg" metrics): Holistic's person mask,
+        None without a body."""
+        if not self.segmentation:
+            raise HandsynthError("person masks need PoseDetector(segmentation=True)")
+        return self.detect(rgb).person_mask()
+
     def close(self) -> None:
         if self._holistic is not None:
             self._holistic.close()
