@@ -106,6 +106,10 @@ class PoseSection:
     n_test: int = 1000
     image_size: int = 512  # whole images, square
     crop_size: int = 512  # hand crops, square
+    crop_margin: float = 0.25  # a hand crop's square adds this share of the hand's longer side per side
+    # images whose hand mask is smaller (counted at 512 px, scaled with the area) get "outpaint": false in
+    # images.jsonl: the outpainter leaves them out, as the paper's LAION-Human set; the evaluation keeps them
+    min_mask_pixels: int = 2500
     sam_model: str = "facebook/sam-vit-huge"  # empty: masks drawn from the landmarks
     captioner: str = "llava"  # llava | metadata | blip2 | paligemma | vitgpt2
     captioner_model: str = ""  # empty: the captioner's default hub id (llava-hf/llava-1.5-7b-hf)

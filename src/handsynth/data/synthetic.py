@@ -207,8 +207,11 @@ def _tube(canvas: np.ndarray, p: np.ndarray, q: np.ndarray, width: float, skin: 
 
 
 def _draw_hand(canvas: np.ndarray, points: np.ndarray, wrist_sides: np.ndarray, scale: float,
-               skin: np.ndarray) -> None:  # fmt: skip
-    """Painter's algorithm over the palm and the finger segments, far to near (z towards the viewer)."""
+               skin: np.ndarray, hand_mask: np.ndarray) -> None:  # fmt: skip
+    """Painter's algorithm over the palm and the finger segments, far to near (z towards the viewer).
+
+    Every pixel drawn is also set in `hand_mask` (uint8, 255 = hand, anti-aliased as the drawing).
+    """
     palm = np.vstack([wrist_sides, points[[1, 2, 5, 9, 13, 17]]])
     parts = [(palm[:, 2].mean(), "palm", palm)]
     for name, chain in FINGERS.items():
@@ -217,6 +220,7 @@ def _draw_hand(canvas: np.ndarray, points: np.ndarray, wrist_sides: np.ndarray, 
     for _, name, pts in sorted(parts, key=lambda part: part[0]):
         if name != "palm":
             _tube(canvas, pts[0], pts[1], scale * _WIDTH[name], skin)
+            _line_footprint(hand_mask, pts[0], pts[1], scale * _WIDTH[name], 255)
             continue
         hull = cv2.convexHull(pts[:, :2].astype(np.float32)).astype(np.int32)
         mask = np.zeros(canvas.shape[:2], np.uint8)
@@ -227,6 +231,7 @@ def _draw_hand(canvas: np.ndarray, points: np.ndarray, wrist_sides: np.ndarray, 
         lit = np.clip(skin[None, None] * (0.72 + 0.36 * light[..., None]), 0, 255)
         alpha = mask[..., None].astype(np.float32) / 255
         canvas[:] = (canvas * (1 - alpha) + lit * alpha).astype(np.uint8)
+        np.maximum(hand_mask, mask, out=hand_mask)
 
 
 def _pose_hand(joints: np.ndarray, roll: float, yaw: float, pitch: float, mirror: bool) -> np.ndarray:
@@ -245,13 +250,31 @@ def _posed_hand(joints, roll, yaw, pitch, mirror, scale) -> tuple[np.ndarray, np
     return posed[:21], posed[21:]
 
 
-def _draw_arm(canvas, shoulder, elbow, wrist, width: float, clothing, skin: np.ndarray) -> None:
-    """Sleeve from shoulder to elbow, bare forearm from elbow to wrist."""
+def _line_footprint(mask: np.ndarray, p: np.ndarray, q: np.ndarray, width: float, value: int) -> None:
+    """The pixels `_tube` covers (its widest stroke), set to `value` in `mask`."""
+    p, q = tuple(int(round(v)) for v in p[:2]), tuple(int(round(v)) for v in q[:2])
+    cv2.line(mask, p, q, value, max(1, int(width)), cv2.LINE_AA)
+
+
+def _wrist_cap(hand_mask: np.ndarray, wrist: np.ndarray, forearm_width: float) -> None:
+    """The wrist joint is the forearm's rounded end, under the palm's edge: the hand's mask takes that
+    end (a disc of the forearm's width, all of it drawn skin), as a mask prompted at the wrist would."""
+    centre = tuple(int(round(v)) for v in wrist[:2])
+    cv2.circle(hand_mask, centre, max(1, int(forearm_width / 2)), 255, -1, cv2.LINE_AA)
+
+
+def _draw_arm(canvas, shoulder, elbow, wrist, width: float, clothing, skin: np.ndarray,
+              hand_mask: np.ndarray) -> None:  # fmt: skip
+    """Sleeve from shoulder to elbow, bare forearm from elbow to wrist; what it covers of a hand drawn
+    before it leaves `hand_mask`."""
     shoulder, elbow, wrist = (tuple(int(v) for v in p[:2]) for p in (shoulder, elbow, wrist))
     cv2.line(canvas, shoulder, elbow, tuple(int(c) for c in np.array(clothing) * 0.7), int(width * 1.3) + 4,
              cv2.LINE_AA)  # fmt: skip
     cv2.line(canvas, shoulder, elbow, clothing, int(width * 1.3), cv2.LINE_AA)
     _tube(canvas, np.array(elbow), np.array(wrist), width, skin)
+    # what the anti-aliased strokes touch, and a pixel more: no arm pixel stays in the hand's mask
+    cv2.line(hand_mask, shoulder, elbow, 0, int(width * 1.3) + 6)
+    _line_footprint(hand_mask, np.array(elbow), np.array(wrist), width + 2, 0)
 
 
 def _check_synthetic(gesture: str) -> None:
@@ -262,8 +285,24 @@ def _check_synthetic(gesture: str) -> None:
         )
 
 
+@dataclass
+class Figure:
+    """One render: the image, its HaGRID v2 annotation entry, and what the two-stage method needs."""
+
+    image: Image.Image
+    entry: dict
+    keypoints: np.ndarray  # (133, 3) COCO-WholeBody x, y in the image's pixels, v (0: not drawn)
+    hand_mask: np.ndarray  # (size, size) bool: the pixels of the drawn hands, exactly
+
+
 def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image.Image, dict]:
     """One image and its HaGRID v2 annotation entry (plus `hand_landmarks_3d` and `caption`)."""
+    figure = render_figure(seed, gesture, index, size)
+    return figure.image, figure.entry
+
+
+def render_figure(seed: int, gesture: str, index: int, size: int) -> Figure:
+    """`render_sample`, with the figure's whole-body keypoints and its exact hand mask."""
     _check_synthetic(gesture)
     rng = np.random.default_rng([seed, SYNTHETIC_GESTURES.index(gesture), index, 0])
     subject = _subject(seed, gesture, int(rng.integers(0, 8)))
@@ -273,6 +312,8 @@ def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image
     _draw_background(canvas, scene, rng)
     skin = np.array(subject.skin, float)
     clothing = _COLOURS[subject.clothing]
+    hand_mask = np.zeros((s, s), np.uint8)
+    joints: dict[int, np.ndarray] = {}  # COCO-WholeBody index -> (x, y) of what was drawn there
 
     # body: torso, neck, head with hair and a face
     cx = s * rng.uniform(0.45, 0.55)
@@ -294,6 +335,7 @@ def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image
     for side in (-1, 1):
         eye = (int(cx + side * head_r * 0.35), int(head_y - head_r * 0.1))
         cv2.circle(canvas, eye, max(1, int(head_r * 0.09)), (40, 30, 30), -1, cv2.LINE_AA)
+        joints[_LEFT_EYE if side == 1 else _RIGHT_EYE] = np.array(eye, float)  # facing us: left is right
     mouth = np.array([cx, head_y + head_r * 0.5])
     cv2.ellipse(canvas, tuple(int(v) for v in mouth), (int(head_r * 0.28), int(head_r * 0.1)), 0, 0, 180,
                 (150, 60, 60), max(1, int(head_r * 0.06)), cv2.LINE_AA)  # fmt: skip
@@ -321,8 +363,13 @@ def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image
     points, wrist_sides = points + offset, wrist_sides + offset
     shoulder = np.array([cx - side * shoulder_w * 0.85, shoulder_y + head_r * 0.3])
     elbow = np.array([shoulder[0] - side * head_r * 0.6, s * 0.98])
-    _draw_arm(canvas, shoulder, elbow, points[0], hand_scale * 0.26, clothing, skin)
-    _draw_hand(canvas, points, wrist_sides, hand_scale, skin)
+    _draw_arm(canvas, shoulder, elbow, points[0], hand_scale * 0.26, clothing, skin, hand_mask)
+    _draw_hand(canvas, points, wrist_sides, hand_scale, skin, hand_mask)
+    _wrist_cap(hand_mask, points[0], hand_scale * 0.26)
+    near, far = ("right", "left") if subject.right_handed else ("left", "right")
+    other_shoulder = np.array([cx + side * shoulder_w * 0.85, shoulder_y + head_r * 0.3])
+    joints.update({_ARM[near][0]: shoulder, _ARM[near][1]: elbow, _ARM[far][0]: other_shoulder})
+    hand_points = {near: points}
 
     hands = [(gesture, points)]
     if rng.random() < 0.3:  # the other hand hangs idle at the side, labelled no_gesture
@@ -331,10 +378,12 @@ def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image
                                        subject.right_handed, idle_scale)  # fmt: skip
         offset = np.array([cx + side * shoulder_w * 1.2, s * 0.84, 0.0]) - idle[0]
         idle, idle_sides = idle + offset, idle_sides + offset
-        other_shoulder = np.array([cx + side * shoulder_w * 0.85, shoulder_y + head_r * 0.3])
-        _draw_arm(canvas, other_shoulder, (other_shoulder + idle[0, :2]) / 2, idle[0], idle_scale * 0.26,
-                  clothing, skin)  # fmt: skip
-        _draw_hand(canvas, idle, idle_sides, idle_scale, skin)
+        other_elbow = (other_shoulder + idle[0, :2]) / 2
+        _draw_arm(canvas, other_shoulder, other_elbow, idle[0], idle_scale * 0.26, clothing, skin, hand_mask)
+        _draw_hand(canvas, idle, idle_sides, idle_scale, skin, hand_mask)
+        _wrist_cap(hand_mask, idle[0], idle_scale * 0.26)
+        joints[_ARM[far][1]] = other_elbow
+        hand_points[far] = idle
         hands.append((NO_GESTURE, idle))
 
     # a camera's softness and sensor noise: flat cartoon edges are far from HaGRID's photos
@@ -343,7 +392,40 @@ def render_sample(seed: int, gesture: str, index: int, size: int) -> tuple[Image
     image = Image.fromarray(canvas)
     if s != size:
         image = image.resize((size, size), Image.LANCZOS)
-    return image, _annotation(hands, s, subject, scene)
+        hand_mask = cv2.resize(hand_mask, (size, size), interpolation=cv2.INTER_AREA)
+    return Figure(
+        image=image,
+        entry=_annotation(hands, s, subject, scene),
+        keypoints=_wholebody(joints, hand_points, size / s, size),
+        hand_mask=hand_mask >= 128,
+    )
+
+
+# COCO-WholeBody indices of what the renderer draws: eyes, and shoulder and elbow per side (the wrists
+# are the hands' point 0). Nose, ears, face, hips, legs and feet are not drawn and keep v = 0.
+_LEFT_EYE, _RIGHT_EYE = 1, 2
+_ARM = {"left": (5, 7), "right": (6, 8)}  # shoulder, elbow
+_WRIST = {"left": 9, "right": 10}
+_HAND_START = {"left": 91, "right": 112}
+
+
+def _wholebody(
+    joints: dict[int, np.ndarray], hands: dict[str, np.ndarray], scale: float, size: int
+) -> np.ndarray:
+    """(133, 3) keypoints in output pixels; a point drawn outside the image gets v = 0, as MediaPipe's."""
+    keypoints = np.zeros((133, 3), np.float32)
+    for index, point in joints.items():
+        keypoints[index, :2] = point[:2] * scale
+    for side, points in hands.items():
+        keypoints[_HAND_START[side] : _HAND_START[side] + 21, :2] = points[:, :2] * scale
+        keypoints[_WRIST[side], :2] = points[0, :2] * scale
+    drawn = np.zeros(133, bool)
+    drawn[list(joints)] = True
+    for side in hands:
+        drawn[_HAND_START[side] : _HAND_START[side] + 21] = drawn[_WRIST[side]] = True
+    inside = (keypoints[:, :2] >= 0).all(axis=1) & (keypoints[:, :2] <= size).all(axis=1)
+    keypoints[:, 2] = np.where(drawn & inside, 2.0, 0.0)
+    return keypoints
 
 
 def _annotation(hands, s: int, subject: Subject, scene: _Scene) -> dict:
@@ -384,26 +466,49 @@ def write_synthetic_hagrid(
     size: int = 512,
     seed: int = 0,
     split: str = "train",
+    twostage: bool = False,
 ) -> Path:
     """Write `per_gesture` renders per gesture: `images/<g>/<key>.jpg`, `annotations/<split>/<g>.json`.
 
-    A gesture whose annotation file already lists `per_gesture` images is skipped, so an
-    interrupted run resumes.
+    With `twostage`, also what the two-stage method reads instead of running Holistic and SAM:
+    `wholebody/<split>/<g>.json` (key -> the figure's 133 COCO-WholeBody keypoints [x, y, v] in image
+    pixels) and `masks/<g>/<key>.png` (the exact hand mask, 0/255). A gesture whose files already list
+    `per_gesture` images is skipped, so an interrupted run resumes, and a folder written without the
+    two-stage files gets them (the renders are a pure function of seed, gesture and index).
     """
     folder = Path(folder)
     for gesture in gestures:
         _check_synthetic(gesture)
     for gesture in gestures:
         annotation_path = folder / "annotations" / split / f"{gesture}.json"
-        if annotation_path.is_file() and len(json.loads(annotation_path.read_text())) == per_gesture:
+        wholebody_path = folder / "wholebody" / split / f"{gesture}.json"
+        masks = folder / "masks" / gesture
+        if _lists(annotation_path, per_gesture) and (
+            not twostage or _lists(wholebody_path, per_gesture, masks)
+        ):
             continue
-        entries = {}
+        entries, poses = {}, {}
         for index in tqdm(range(per_gesture), desc=f"synthetic {gesture}", unit="img"):
             key = sample_key(seed, gesture, index)
             image_path = folder / "images" / gesture / f"{key}.jpg"
-            image, entry = render_sample(seed, gesture, index, size)
+            figure = render_figure(seed, gesture, index, size)
             if not image_path.is_file():
-                files.save_image(image_path, image, quality=95)
-            entries[key] = entry
+                files.save_image(image_path, figure.image, quality=95)
+            if twostage:
+                mask_path = folder / "masks" / gesture / f"{key}.png"
+                if not mask_path.is_file():
+                    files.save_image(mask_path, Image.fromarray(figure.hand_mask.astype(np.uint8) * 255))
+                poses[key] = figure.keypoints.astype(np.float64).round(3).tolist()
+            entries[key] = figure.entry
+        if twostage:
+            files.write_text(wholebody_path, json.dumps(poses))
         files.write_json(annotation_path, entries)  # written last: it marks the gesture complete
     return folder
+
+
+def _lists(path: Path, count: int, masks: Path | None = None) -> bool:
+    """`path` holds `count` entries (and, given `masks`, each key has its mask file there)."""
+    if not path.is_file():
+        return False
+    table = json.loads(path.read_text())
+    return len(table) == count and (masks is None or all((masks / f"{key}.png").is_file() for key in table))

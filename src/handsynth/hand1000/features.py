@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import logging
 import multiprocessing
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -33,7 +32,7 @@ from handsynth.config import FeaturesSection, add_config_arguments, config_from_
 from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
-from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, import_mediapipe
+from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +171,6 @@ def _detect_file(job: tuple[str, str]) -> tuple[str, list | None, str | None, in
     return digest, None if hand is None else hand.landmarks.tolist(), None, _worker_detector.calls - before
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """How to start the workers. A child forked from a process that has run a MediaPipe graph
-    crashes in MediaPipe's allocator, so fork only while this process has not even imported
-    MediaPipe (workers then start at once). Otherwise a fork server that has only imported it
-    forks clean workers, after a one-off start of about a second (spawn pays that per worker)."""
-    if sys.platform == "linux" and "mediapipe" not in sys.modules:
-        import_mediapipe()  # before the fork, so no worker imports it again
-
-        return multiprocessing.get_context("fork")
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mediapipe", "handsynth.perception.hands"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
 def _run_detections(
     jobs: list[tuple[str, str]],
     settings: FeaturesSection,
@@ -253,7 +236,11 @@ def compute_gesture_feature(
     paths = {d: str(item.path) for item, d in zip(items, digests, strict=True) if d is not None}
     jobs = [(d, path) for d, path in paths.items() if d not in cache]
     # a few images, or one worker: not worth starting processes
-    context = None if settings.workers <= 1 or len(jobs) <= IN_PROCESS_JOBS else _worker_context()
+    context = (
+        None
+        if settings.workers <= 1 or len(jobs) <= IN_PROCESS_JOBS
+        else worker_context(["handsynth.perception.hands"])
+    )
     detections_run = 0
     try:
         for digest, landmarks, error, calls in _run_detections(jobs, settings, context, progress, label):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import multiprocessing
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +52,24 @@ def import_mediapipe():
         if stand_in is not None and sys.modules.get("matplotlib.pyplot") is stand_in:
             del sys.modules["matplotlib.pyplot"]
     return mediapipe
+
+
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """How to start worker processes that run MediaPipe; `preload` names the modules they need.
+
+    A child forked from a process that has run a MediaPipe graph crashes in MediaPipe's allocator, so
+    fork only while this process has not even imported MediaPipe (workers then start at once).
+    Otherwise a fork server that has only imported it forks clean workers, after a one-off start of
+    about a second (spawn pays that per worker).
+    """
+    if sys.platform == "linux" and "mediapipe" not in sys.modules:
+        import_mediapipe()  # before the fork, so no worker imports it again
+        return multiprocessing.get_context("fork")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mediapipe", *preload])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
