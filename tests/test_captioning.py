@@ -11,21 +11,34 @@ import torch
 from handsynth import files
 from handsynth.data.captioning import (
     DEFAULT_MODELS,
+    LLAVA_CHAT,
+    LLAVA_PROMPT,
     caption_images,
     clean_caption,
     make_captioner,
     resolve_dtype,
 )
 from handsynth.errors import HandsynthError
-from handsynth.tiny.captioners import write_tiny_blip2, write_tiny_paligemma, write_tiny_vitgpt2
+from handsynth.tiny.captioners import (
+    write_tiny_blip2,
+    write_tiny_llava,
+    write_tiny_paligemma,
+    write_tiny_vitgpt2,
+)
 
-WRITERS = {"blip2": write_tiny_blip2, "paligemma": write_tiny_paligemma, "vitgpt2": write_tiny_vitgpt2}
+WRITERS = {
+    "blip2": write_tiny_blip2,
+    "paligemma": write_tiny_paligemma,
+    "vitgpt2": write_tiny_vitgpt2,
+    "llava": write_tiny_llava,
+}
 # First caption of the sorted real photos with 4 new tokens: pins tokenizer training, seeded
 # weights, preprocessing and decoding of each tiny captioner.
 EXPECTED_FIRST = {
     "blip2": "closon L finger",
     "paligemma": "ssing in a kit fingerks",
     "vitgpt2": "pu isola upwo",
+    "llava": "bla standing ro qualit",
 }
 
 
@@ -94,7 +107,8 @@ def test_interrupted_run_resumes_with_only_the_missing_images(tiny_captioners, p
     assert [row["key"] for row in files.read_jsonl(out)] == [key for key, _ in photos[:9]]
 
 
-def test_unreadable_images_are_skipped_counted_and_named(tiny_captioners, photos, tmp_path):
+@pytest.mark.parametrize("kind", ["blip2", "llava"])
+def test_unreadable_images_are_skipped_counted_and_named(kind, tiny_captioners, photos, tmp_path):
     good = [(key, shutil.copy(path, tmp_path / path.name)) for key, path in photos[:3]]
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -102,7 +116,7 @@ def test_unreadable_images_are_skipped_counted_and_named(tiny_captioners, photos
     truncated.write_bytes(Path(good[0][1]).read_bytes()[:2000])
     items = [good[0], ("corrupt", corrupt), good[1], ("missing", tmp_path / "missing.jpg")]
     items += [("truncated", truncated), good[2]]
-    captioner = make_captioner("blip2", str(tiny_captioners["blip2"]), device="cpu", max_new_tokens=4)
+    captioner = make_captioner(kind, str(tiny_captioners[kind]), device="cpu", max_new_tokens=4)
     seen = _count_generate(captioner)
 
     run = caption_images(captioner, items, tmp_path / "captions.jsonl", batch_size=3)
@@ -128,8 +142,8 @@ def test_metadata_captioner_uses_stored_captions_without_reading_images(tmp_path
 
 
 def test_bad_requests_get_clear_errors(tmp_path):
-    with pytest.raises(HandsynthError, match="blip2, paligemma, vitgpt2, metadata"):
-        make_captioner("llava")
+    with pytest.raises(HandsynthError, match="blip2, paligemma, vitgpt2, llava, metadata"):
+        make_captioner("gpt4v")
     with pytest.raises(HandsynthError, match="needs the captions"):
         make_captioner("metadata")
     captioner = make_captioner("metadata", captions={"a": "x"})
@@ -146,12 +160,59 @@ def test_defaults_device_and_dtype():
         "blip2": "Salesforce/blip2-opt-2.7b",
         "paligemma": "google/paligemma-3b-mix-224",
         "vitgpt2": "nlpconnect/vit-gpt2-image-captioning",
+        "llava": "llava-hf/llava-1.5-7b-hf",
     }
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_dtype("auto", cpu, "blip2") == torch.float32
     assert resolve_dtype("auto", cuda, "blip2") == torch.float16
     assert resolve_dtype("auto", cuda, "paligemma") == torch.bfloat16
+    assert resolve_dtype("auto", cuda, "llava") == torch.float16
     assert resolve_dtype("float16", cpu) == torch.float16
     with pytest.raises(HandsynthError, match="unknown dtype"):
         resolve_dtype("fp8", cpu)
     assert clean_caption(" a  man\n\twaving  ") == "a man waving"
+
+
+def test_llava_asks_its_chat_prompt_and_keeps_only_the_answer(tiny_captioners, photos, tmp_path):
+    captioner = make_captioner("llava", str(tiny_captioners["llava"]), device="cpu", max_new_tokens=6)
+    assert captioner.processor.tokenizer.padding_side == "left"
+    calls = []
+    generate = captioner.model.generate
+
+    def recording(**kwargs):
+        ids = generate(**kwargs)
+        calls.append((kwargs["input_ids"], ids))
+        return ids
+
+    captioner.model.generate = recording
+    run = caption_images(captioner, photos[:2], tmp_path / "captions.jsonl")
+    ((prompt_ids, ids),) = calls
+    tokenizer = captioner.processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    for row, (key, _) in zip(range(2), photos, strict=False):
+        prompt = prompt_ids[row]
+        assert int((prompt == image_id).sum()) == 16  # (32 px / 8)² patches, CLS dropped
+        text = tokenizer.decode(prompt[prompt != image_id], skip_special_tokens=True)
+        assert text == LLAVA_CHAT.replace("<image>", "")
+        assert torch.equal(ids[row, : len(prompt)], prompt) and ids.shape[1] == len(prompt) + 6
+        answer = tokenizer.decode(ids[row, len(prompt) :], skip_special_tokens=True)
+        assert run[key] == clean_caption(answer) and "ASSISTANT" not in run[key]
+    assert LLAVA_CHAT.startswith("USER: <image>\n") and LLAVA_CHAT.endswith(" ASSISTANT:")
+    assert "one sentence" in LLAVA_PROMPT
+
+
+def test_llava_batches_give_the_one_by_one_captions(tiny_captioners, photos, tmp_path):
+    captioner = make_captioner("llava", str(tiny_captioners["llava"]), device="cpu", max_new_tokens=8)
+    batched = caption_images(captioner, photos[:5], tmp_path / "batched.jsonl", batch_size=5)
+    single = caption_images(captioner, photos[:5], tmp_path / "single.jsonl", batch_size=1)
+    assert dict(batched) == dict(single) and len(set(batched.values())) > 1
+
+
+def test_an_unloadable_captioner_names_the_setting():
+    with pytest.raises(HandsynthError) as err:
+        make_captioner("llava", device="cpu")
+    message = str(err.value)
+    assert "llava-hf/llava-1.5-7b-hf" in message and "HF_HUB_OFFLINE" in message
+    assert "set data.captioner_model to its folder" in message
+    with pytest.raises(HandsynthError, match="set pose.captioner_model to its folder"):
+        make_captioner("llava", "llava-hf/no-such-model", device="cpu", config_key="pose.captioner_model")

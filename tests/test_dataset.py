@@ -392,8 +392,8 @@ def test_data_build_errors(tmp_path, hagrid_mini, capsys):
 
     assert main(["data", "build", "--source", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)]) == 2
     assert main(["data", "build", "--gestures", "call,wave", "--output-dir", str(tmp_path)]) == 2
-    assert main(["data", "build", "--captioner", "llava", "--output-dir", str(tmp_path)]) == 2
-    assert "valid captioners are: blip2" in capsys.readouterr().err
+    assert main(["data", "build", "--captioner", "gpt4v", "--output-dir", str(tmp_path)]) == 2
+    assert "valid captioners are: blip2, paligemma, vitgpt2, llava" in capsys.readouterr().err
     assert (
         main(["data", "evaluate", "--dataset-dir", str(tmp_path / "none"), "--clip-model", str(tmp_path)])
         == 2

@@ -1,4 +1,4 @@
-"""The tiny captioners, CLIP and chat LLM load with the real checkpoints' classes and run."""
+"""The tiny captioners, CLIP, chat LLM and SAM load with the real checkpoints' classes and run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from handsynth.tiny.captioners import write_tiny_blip2, write_tiny_paligemma, write_tiny_vitgpt2
+from handsynth.tiny.captioners import (
+    write_tiny_blip2,
+    write_tiny_llava,
+    write_tiny_paligemma,
+    write_tiny_vitgpt2,
+)
 from handsynth.tiny.clip import write_tiny_clip
 from handsynth.tiny.llm import write_tiny_llm
+from handsynth.tiny.sam import write_tiny_sam
 
 WRITERS = {
     "blip2": write_tiny_blip2,
@@ -18,6 +24,8 @@ WRITERS = {
     "vitgpt2": write_tiny_vitgpt2,
     "clip": write_tiny_clip,
     "llm": write_tiny_llm,
+    "llava": write_tiny_llava,
+    "sam": write_tiny_sam,
 }
 
 
@@ -120,6 +128,64 @@ def test_llm_chat_template_and_text_generation_pipeline(folders):
     out = generator(messages, max_new_tokens=8, do_sample=False)
     reply = out[0]["generated_text"][-1]
     assert reply["role"] == "assistant" and isinstance(reply["content"], str)
+
+
+def test_llava_loads_with_real_classes_and_generates(folders):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    processor = AutoProcessor.from_pretrained(folders["llava"])
+    model = LlavaForConditionalGeneration.from_pretrained(folders["llava"])
+    assert isinstance(processor, LlavaProcessor)
+    tokenizer = processor.tokenizer
+    # Llama's ids for the specials; <image> then <pad> after the vocabulary, as in llava-hf
+    assert tokenizer.convert_tokens_to_ids(["<unk>", "<s>", "</s>"]) == [0, 1, 2]
+    assert model.config.image_token_index == processor.image_token_id == len(tokenizer) - 2
+    assert tokenizer.pad_token_id == len(tokenizer) - 1 == model.generation_config.pad_token_id
+    assert model.config.text_config.vocab_size == len(tokenizer)
+    assert model.config.vision_feature_layer == -2 and model.config.vision_config.num_hidden_layers == 2
+    prompt = "USER: <image>\nDescribe the person. ASSISTANT:"
+    inputs = processor(images=_images(), text=[prompt] * 2, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 32, 32)
+    ids = inputs["input_ids"]
+    assert ids[0, 0] == tokenizer.bos_token_id
+    assert int((ids[0] == processor.image_token_id).sum()) == model.config.image_seq_length == 16
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert out.shape == (2, ids.shape[1] + 6)
+    texts = processor.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    # raw byte tokens are suppressed, so the noise is made of learned word pieces: printable text
+    assert all(t.strip() and t.isprintable() for t in texts)
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_sam_loads_with_real_classes_and_segments(folders):
+    from transformers import SamImageProcessorPil, SamModel, SamProcessor
+
+    processor = SamProcessor(SamImageProcessorPil.from_pretrained(folders["sam"]))
+    model = SamModel.from_pretrained(folders["sam"])
+    image = np.asarray(_images()[0])  # 48 × 40
+    inputs = processor(
+        images=image,
+        input_points=[[[[10, 20], [30, 12]]]],
+        input_boxes=[[[5, 5, 35, 40]]],
+        return_tensors="pt",
+    )
+    assert inputs["pixel_values"].shape == (1, 3, 64, 64) and inputs["reshaped_input_sizes"].tolist() == [
+        [64, 53]
+    ]
+    with torch.inference_mode():
+        prompts = {k: inputs[k].float() for k in ("input_points", "input_boxes")}
+        out = model(pixel_values=inputs["pixel_values"], **prompts, multimask_output=False)
+    masks = processor.post_process_masks(
+        out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )
+    assert masks[0].shape == (1, 1, 48, 40) and 0 < masks[0].sum() < 48 * 40
+    # the encoder is not blind to the image (SAM's default init of 1e-10 would make it so)
+    other = processor(images=255 - image, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        assert not torch.allclose(
+            model.get_image_embeddings(inputs["pixel_values"]), model.get_image_embeddings(other)
+        )
+    assert sum(p.numel() for p in model.parameters()) < 200_000
 
 
 @pytest.mark.parametrize("name", list(WRITERS))

@@ -42,7 +42,7 @@ class DataSection:
     crop: str = "center"  # center (as the reference) | hand (keeps the gesture box in frame)
     synthetic_per_gesture: int = 2000
     synthetic_size: int = 512
-    captioner: str = "blip2"  # blip2 | paligemma | vitgpt2 | metadata
+    captioner: str = "blip2"  # blip2 | paligemma | vitgpt2 | llava | metadata
     captioner_model: str = ""  # empty: the captioner's default hub id
     caption_batch_size: int = 8
     rewrite: str = "llm"  # llm | deterministic

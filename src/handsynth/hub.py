@@ -15,10 +15,11 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
 
 
-def from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
+def from_pretrained(cls: Any, name_or_path: str, config_key: str = "", **kwargs: Any) -> Any:
     """`cls.from_pretrained(name_or_path, **kwargs)`, turning a failed load into a HandsynthError.
 
     Hugging Face's own settings (HF_HUB_OFFLINE, HF_HOME, HF_TOKEN) are honoured as they are.
+    `config_key` names the setting that holds `name_or_path`, for the message.
     """
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
@@ -31,7 +32,7 @@ def from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
         )
         raise HandsynthError(
             f"could not load {cls.__name__} from {where} '{name_or_path}': {exc}\n"
-            f"  {hint}. To use a local copy, set the config key to its folder "
+            f"  {hint}. To use a local copy, set {config_key or 'the config key'} to its folder "
             "(a folder written by save_pretrained)."
         ) from None
 

@@ -1,9 +1,10 @@
-"""Image captioning for the dataset: BLIP-2, PaliGemma or ViT-GPT2 through transformers, or captions
-that come with the data (`metadata`).
+"""Image captioning for the datasets: BLIP-2, PaliGemma, ViT-GPT2 or LLaVA-1.5 through transformers, or
+captions that come with the data (`metadata`).
 
-The models and their generation settings follow the Hand1000 reference scripts (BLIP2.py,
-PaliGemma.py, VitGpt2.py). `caption_images` appends each finished caption to a JSONL file, so a
-restarted run skips what is done; unreadable images are skipped and counted by key.
+BLIP-2, PaliGemma and ViT-GPT2 and their generation settings follow the Hand1000 reference scripts
+(BLIP2.py, PaliGemma.py, VitGpt2.py); LLaVA-1.5 captions the two-stage method's data (seed 004 §IV-A).
+`caption_images` appends each finished caption to a JSONL file, so a restarted run skips what is done;
+unreadable images are skipped and counted by key.
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ DEFAULT_MODELS = {
     "blip2": "Salesforce/blip2-opt-2.7b",
     "paligemma": "google/paligemma-3b-mix-224",
     "vitgpt2": "nlpconnect/vit-gpt2-image-captioning",
+    "llava": "llava-hf/llava-1.5-7b-hf",
 }
 KINDS = (*DEFAULT_MODELS, "metadata")
 PALIGEMMA_PROMPT = "caption en"
+# Seed 004 does not give its LLaVA prompt. Its hand-written captions name gender, skin tone and the
+# hands' look; this asks for the whole person and the scene in one sentence, which reads as an SD prompt.
+LLAVA_PROMPT = (
+    "Describe the person in this photo in one sentence, as a prompt for an image generator: "
+    "their gender, age, skin tone, hair and clothes, and the setting."
+)
+LLAVA_CHAT = f"USER: <image>\n{LLAVA_PROMPT} ASSISTANT:"  # LLaVA-1.5's conversation format
+LLAVA_MAX_NEW_TOKENS = 60  # one sentence; SD's text encoder reads 77 tokens at most
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -84,14 +94,23 @@ class ModelCaptioner(Captioner):
     """A transformers image-to-text model with its processor, on one device and dtype."""
 
     def __init__(
-        self, model_id: str, device: torch.device, dtype: torch.dtype, max_new_tokens: int | None
+        self,
+        model_id: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_new_tokens: int | None,
+        config_key: str = "data.captioner_model",
     ) -> None:
         super().__init__(f"{self.kind}:{model_id}")
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
+        self.config_key = config_key  # the setting a failed load tells the user to change
         self.model = self._load_model().to(device).eval()
+
+    def _load(self, cls: Any, **kwargs: Any) -> Any:
+        return hub.from_pretrained(cls, self.model_id, config_key=self.config_key, **kwargs)
 
     def _load_model(self) -> Any:
         raise NotImplementedError
@@ -113,8 +132,8 @@ class Blip2Captioner(ModelCaptioner):
     def _load_model(self) -> Any:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        self.processor = hub.from_pretrained(Blip2Processor, self.model_id)
-        return hub.from_pretrained(Blip2ForConditionalGeneration, self.model_id, dtype=self.dtype)
+        self.processor = self._load(Blip2Processor)
+        return self._load(Blip2ForConditionalGeneration, dtype=self.dtype)
 
     def _generate(self, images: Sequence[Image.Image]) -> list[str]:
         inputs = self.processor(images=list(images), return_tensors="pt").to(self.device, self.dtype)
@@ -133,8 +152,8 @@ class PaliGemmaCaptioner(ModelCaptioner):
     def _load_model(self) -> Any:
         from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
-        self.processor = hub.from_pretrained(PaliGemmaProcessor, self.model_id)
-        return hub.from_pretrained(PaliGemmaForConditionalGeneration, self.model_id, dtype=self.dtype)
+        self.processor = self._load(PaliGemmaProcessor)
+        return self._load(PaliGemmaForConditionalGeneration, dtype=self.dtype)
 
     def _generate(self, images: Sequence[Image.Image]) -> list[str]:
         prompts = [f"<image>{PALIGEMMA_PROMPT}"] * len(images)
@@ -154,9 +173,9 @@ class VitGpt2Captioner(ModelCaptioner):
     def _load_model(self) -> Any:
         from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessor
 
-        self.image_processor = hub.from_pretrained(ViTImageProcessor, self.model_id)
-        self.tokenizer = hub.from_pretrained(AutoTokenizer, self.model_id)
-        return hub.from_pretrained(VisionEncoderDecoderModel, self.model_id, dtype=self.dtype)
+        self.image_processor = self._load(ViTImageProcessor)
+        self.tokenizer = self._load(AutoTokenizer)
+        return self._load(VisionEncoderDecoderModel, dtype=self.dtype)
 
     def _generate(self, images: Sequence[Image.Image]) -> list[str]:
         pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
@@ -165,7 +184,33 @@ class VitGpt2Captioner(ModelCaptioner):
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-_MODEL_CAPTIONERS = {c.kind: c for c in (Blip2Captioner, PaliGemmaCaptioner, VitGpt2Captioner)}
+class LlavaCaptioner(ModelCaptioner):
+    """LLaVA-1.5 asked LLAVA_PROMPT in its chat format (LLAVA_CHAT), greedy, up to
+    LLAVA_MAX_NEW_TOKENS new tokens; only the answer is kept."""
+
+    kind = "llava"
+
+    def _load_model(self) -> Any:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        self.processor = self._load(AutoProcessor)
+        # a decoder-only model continues the last token: pad prompts on the left
+        self.processor.tokenizer.padding_side = "left"
+        return self._load(LlavaForConditionalGeneration, dtype=self.dtype)
+
+    def _generate(self, images: Sequence[Image.Image]) -> list[str]:
+        prompts = [LLAVA_CHAT] * len(images)
+        inputs = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device, self.dtype)
+        length = self.max_new_tokens or LLAVA_MAX_NEW_TOKENS
+        ids = self.model.generate(**inputs, max_new_tokens=length, do_sample=False)
+        # generate() returns prompt + answer: decode the answer only
+        return self.processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+_MODEL_CAPTIONERS = {
+    c.kind: c for c in (Blip2Captioner, PaliGemmaCaptioner, VitGpt2Captioner, LlavaCaptioner)
+}
 
 
 def make_captioner(
@@ -175,11 +220,13 @@ def make_captioner(
     dtype: str = "auto",
     captions: dict[str, str] | None = None,
     max_new_tokens: int | None = None,
+    config_key: str = "data.captioner_model",
 ) -> Captioner:
-    """A captioner of `kind` (blip2, paligemma, vitgpt2 or metadata).
+    """A captioner of `kind` (blip2, paligemma, vitgpt2, llava or metadata).
 
     `model_id` is a hub id or a local folder (default: the reference checkpoint); `captions` maps
-    key -> caption for `metadata`; `max_new_tokens` overrides the reference generation length.
+    key -> caption for `metadata`; `max_new_tokens` overrides the reference generation length;
+    `config_key` is the setting that holds `model_id`, named when the model cannot be loaded.
     """
     if kind == "metadata":
         if captions is None:
@@ -196,6 +243,7 @@ def make_captioner(
         torch_device,
         resolve_dtype(dtype, torch_device, kind),
         max_new_tokens,
+        config_key,
     )
 
 

@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 CROP_MODES = ("center", "hand")
 # The reference scripts name their text files after the captioner: <g>_BLIP2_file_name.txt, ...
-REFERENCE_NAMES = {"blip2": "BLIP2", "paligemma": "PaliGemma", "vitgpt2": "VitGpt2", "metadata": "metadata"}
+REFERENCE_NAMES = {
+    "blip2": "BLIP2",
+    "paligemma": "PaliGemma",
+    "vitgpt2": "VitGpt2",
+    "llava": "LLaVA",
+    "metadata": "metadata",
+}
 JPEG_QUALITY = 95
 _LIST_LIMIT = 1000  # missing/corrupt items listed in the report (the counts are always complete)
 
@@ -682,7 +688,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--captioner",
         dest="data.captioner",
         metavar="KIND",
-        help="blip2 | paligemma | vitgpt2 | metadata (synthetic data)",
+        help="blip2 | paligemma | vitgpt2 | llava | metadata (synthetic data)",
     )
     build.add_argument(
         "--captioner-model", dest="data.captioner_model", metavar="ID", help="hub id or local folder"

@@ -1,4 +1,4 @@
-"""Tiny captioning models (BLIP-2, PaliGemma, ViT-GPT2) with random weights, built offline.
+"""Tiny captioning models (BLIP-2, PaliGemma, ViT-GPT2, LLaVA-1.5) with random weights, built offline.
 
 Each folder is what `save_pretrained` writes for the real checkpoint's classes, so the captioning code
 that loads `Salesforce/blip2-opt-2.7b` loads these the same way. Their captions are noise; they are
@@ -20,10 +20,17 @@ from transformers import (
     Blip2QFormerConfig,
     Blip2VisionConfig,
     BlipImageProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
     GemmaConfig,
     GemmaTokenizer,
     GPT2Config,
     GPT2Tokenizer,
+    LlamaConfig,
+    LlamaTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     OPTConfig,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
@@ -92,6 +99,26 @@ def gemma_tokenizer(vocab_size: int = 600) -> GemmaTokenizer:
     bpe.train_from_iterator(corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     return GemmaTokenizer(vocab=model["vocab"], merges=[tuple(pair) for pair in model["merges"]])
+
+
+def llama_tokenizer(vocab_size: int = 600) -> LlamaTokenizer:
+    """A Llama-style tokenizer: sentencepiece-like BPE over '▁'-marked words with byte fallback,
+    <unk>, <s>, </s> at ids 0-2 as in Llama's vocabulary."""
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = caption_corpus()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + len(byte_tokens),
+        special_tokens=specials + byte_tokens,
+        initial_alphabet=sorted(set("".join(corpus).replace(" ", "▁"))),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(pair) for pair in model["merges"]]
+    return LlamaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True)
 
 
 def _byte_ids(tokenizer: GPT2Tokenizer) -> list[int]:
@@ -255,3 +282,63 @@ def write_tiny_vitgpt2(folder: str | Path, seed: int = 0) -> Path:
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     return save_pretrained_atomically(folder, model, image_processor, tokenizer)
+
+
+def write_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
+    """LLaVA-1.5 (CLIP vision tower + Llama) at toy size (32 px, 16 image tokens, hidden 32); skipped if
+    complete. The llava-hf layout: <image> and <pad> added after the Llama vocabulary, the image tokens
+    the patches of the second-to-last vision layer without CLS ("default" selection)."""
+    folder = Path(folder)
+    if _complete(folder, "processor_config.json", "tokenizer.json"):
+        return folder
+    tokenizer = llama_tokenizer()
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    # (32 / 8)² patches + CLS, minus CLS for the "default" selection: 16 image tokens
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=37,
+            num_hidden_layers=2,  # LLaVA reads the second-to-last layer
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH,
+            projection_dim=HIDDEN,
+        ).to_dict(),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).to_dict(),
+        image_token_index=processor.image_token_id,
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    model = _seeded(seed, lambda: LlavaForConditionalGeneration(config)).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    vocab = tokenizer.get_vocab()
+    _readable_noise(
+        model, [i for t, i in vocab.items() if t.startswith(("<0x", "<image>", "<unk>", "<s>", "<pad>"))]
+    )
+    return save_pretrained_atomically(folder, model, processor)
