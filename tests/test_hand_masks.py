@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -72,15 +71,9 @@ def test_no_sam_id_means_landmark_masks():
     assert make_masker("").source == "landmarks"
 
 
-def test_sam_without_the_sam_module_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "handsynth.perception.sam", None)  # as if it were not installed
-    with pytest.raises(HandsynthError, match='facebook/sam-vit-huge.*no SAM support.*sam_model = ""'):
-        make_masker("facebook/sam-vit-huge")
-
-
 def test_tiny_sam_through_the_masker(tmp_path):
-    """The SAM call site against the SAM wrapper, where the installation has it."""
-    sam = pytest.importorskip("handsynth.perception.sam")
+    """The SAM call site against the SAM wrapper: the masks are the segmenter's own, dilated 5x5."""
+    from handsynth.perception import sam
     from handsynth.tiny.sam import write_tiny_sam
 
     folder = write_tiny_sam(tmp_path / "sam")
@@ -88,8 +81,12 @@ def test_tiny_sam_through_the_masker(tmp_path):
     assert isinstance(masker.segmenter, sam.SamSegmenter) and masker.source == "sam"
     rng = np.random.default_rng(0)
     hands = [np.column_stack([rng.uniform(20, 60, (21, 2)), np.full(21, 2.0)]) for _ in range(2)]
-    masks = masker.hand_masks(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8), hands)
+    image = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    masks = masker.hand_masks(image, hands)
     assert len(masks) == 2 and all(m.shape == (80, 96) and m.dtype == bool for m in masks)
+    direct = masker.segmenter.segment_hands(image, hands)  # dilated 5x5 by default
+    assert all(np.array_equal(a, b) for a, b in zip(masks, direct, strict=True))
+    assert masker.calls == 1
 
 
 def test_mask_file_of_the_wrong_size_names_both_files(tmp_path):

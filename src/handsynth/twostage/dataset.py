@@ -46,7 +46,7 @@ from handsynth.perception.pose import SIDES
 from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.twostage.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.extract import PoseRun, detect_poses, summarize
-from handsynth.twostage.masks import dilate, make_masker, read_mask, sam_module
+from handsynth.twostage.masks import dilate, make_masker, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,9 @@ def _preflight(config: Config, need_masker: bool) -> None:
     pose = config.pose
     captioner = pose.captioner_model or DEFAULT_MODELS.get(pose.captioner)
     if pose.captioner != "metadata" and captioner:
-        hub.from_pretrained(AutoConfig, captioner)
+        hub.from_pretrained(AutoConfig, captioner, config_key="pose.captioner_model")
     if need_masker and pose.sam_model:
-        sam_module(pose.sam_model)
-        hub.from_pretrained(AutoConfig, pose.sam_model)
+        hub.from_pretrained(AutoConfig, pose.sam_model, config_key="pose.sam_model")
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
@@ -336,7 +335,11 @@ def _captions(config: Config, items: list[Item], out: Path) -> dict[str, str]:
     if not items:
         return {}
     captioner = make_captioner(
-        pose.captioner, model_id=pose.captioner_model, device=config.run.device, captions=metadata or None
+        pose.captioner,
+        model_id=pose.captioner_model,
+        device=config.run.device,
+        captions=metadata or None,
+        config_key="pose.captioner_model",
     )
     pairs = [(i.key, out / i.path("images")) for i in items]
     return dict(

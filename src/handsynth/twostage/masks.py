@@ -10,7 +10,6 @@ Synthetic data needs neither: its renderer writes the exact mask, read with `rea
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import cv2
@@ -89,19 +88,6 @@ class LandmarkMasker(HandMasker):
         return [dilate(landmark_mask(hand, height, width)) for hand in hands]
 
 
-def sam_module(model: str):
-    """handsynth.perception.sam, or a HandsynthError saying how to do without it."""
-    try:
-        return importlib.import_module("handsynth.perception.sam")
-    except ModuleNotFoundError as exc:
-        if exc.name != "handsynth.perception.sam":
-            raise
-        raise HandsynthError(
-            f"pose.sam_model is '{model}', but this installation has no SAM support "
-            '(handsynth.perception.sam); set pose.sam_model = "" to draw the masks from the landmarks'
-        ) from None
-
-
 class SamMasker(HandMasker):
     """SAM prompted with each hand's keypoints and box, the hands of one image in one batch; the
     segmenter dilates its masks itself."""
@@ -110,13 +96,14 @@ class SamMasker(HandMasker):
 
     def __init__(self, model: str, device: str = "auto") -> None:
         super().__init__()
-        sam = sam_module(model)
+        from handsynth.perception.sam import SamSegmenter
+
         self.model = model
-        self.segmenter = sam.SamSegmenter.from_pretrained(model, device)
+        self.segmenter = SamSegmenter.from_pretrained(model, device, config_key="pose.sam_model")
 
     def hand_masks(self, rgb: np.ndarray, hands: list[np.ndarray]) -> list[np.ndarray]:
         self.calls += 1
-        return [np.asarray(mask, dtype=bool) for mask in self.segmenter.hand_masks(rgb, hands)]
+        return [np.asarray(mask, dtype=bool) for mask in self.segmenter.segment_hands(rgb, hands)]
 
 
 def make_masker(sam_model: str, device: str = "auto") -> HandMasker:
