@@ -17,7 +17,14 @@ from handsynth.cli import main as cli_main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000 import trainer as hand1000_trainer
-from handsynth.hand1000.trainer import Hand1000Trainer, read_mean_feature, read_train_items, train_hand1000
+from handsynth.hand1000.trainer import (
+    SCHEDULES,
+    Hand1000Trainer,
+    read_mean_feature,
+    read_train_items,
+    train_hand1000,
+)
+from handsynth.run import check_config
 from handsynth.training import diffusion
 from handsynth.training import trainer as machinery
 from handsynth.training.trainer import NonFiniteLoss
@@ -471,3 +478,35 @@ def test_fusion_stays_the_seeded_random_projection_unless_trained(tiny_sd_path, 
         assert same is not train_fusion, (
             f"train_fusion={train_fusion}: fusion {'changed' if not same else 'did not train'}"
         )
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_lambda_trains_or_is_refused_before_any_model_loads(
+    tiny_sd_path, tiny_data, tmp_path, monkeypatch, schedule
+):
+    """λ = 0 and 1 train, with d free or through the fusion; λ = 1 with a trained fusion has no meaning
+    (d = e leaves the fusion out of the loss) and is refused, naming what to set, before a model loads."""
+    dataset, feature = tiny_data
+    settings = dict(schedule=schedule, embedding_steps=2, unet_steps=1, unet_epochs=1, max_images=1)
+    for lam, train_fusion in ((0.0, False), (0.0, True), (1.0, False)):
+        config = tiny_config(tiny_sd_path, model__lam=lam, model__train_fusion=train_fusion, **settings)
+        train_hand1000(config, dataset, feature, tmp_path / f"{lam}-{train_fusion}", GESTURE)
+        log = [
+            json.loads(line)
+            for line in (tmp_path / f"{lam}-{train_fusion}" / "train" / GESTURE / "loss.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        assert [r["stage"] for r in log] == ["embedding", "embedding", "unet"]
+        assert all(np.isfinite(r["loss"]) for r in log)
+
+    def no_model_may_load(base):
+        raise AssertionError(f"a model was loaded from {base}")
+
+    monkeypatch.setattr(hand1000_trainer, "load_base_models", no_model_may_load)
+    refused = tiny_config(tiny_sd_path, model__lam=1.0, model__train_fusion=True, **settings)
+    with pytest.raises(HandsynthError, match="model.lam = 1 makes d = e.*Set model.train_fusion = false"):
+        train_hand1000(refused, dataset, feature, tmp_path / "refused", GESTURE)
+    with pytest.raises(HandsynthError, match="model.lam = 1 makes d = e"):
+        check_config(refused)  # `handsynth run` refuses it before its first step
+    assert not (tmp_path / "refused").exists()

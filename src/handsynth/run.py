@@ -116,6 +116,9 @@ def check_config(config: Config) -> None:
         raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
     for gesture in config.data.gestures:
         check_gesture(gesture)
+    from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
+
+    check_train_settings(config)
 
 
 def run_pipeline(config: Config) -> Path:

@@ -484,7 +484,8 @@ def schedule_steps(train: Any, n_items: int, n_images: int, world: int) -> int:
     )
 
 
-def _check_train_settings(config: Config) -> None:
+def check_train_settings(config: Config) -> None:
+    """The `[train]` and `[model]` keys Stages II and III read, checked before any model loads."""
     check_settings(config)
     train = config.train
     if train.schedule not in SCHEDULES:
@@ -495,6 +496,13 @@ def _check_train_settings(config: Config) -> None:
         raise HandsynthError("the batched schedule needs train.embedding_steps >= 1")
     if not 0.0 <= config.model.lam <= 1.0:
         raise HandsynthError(f"model.lam must be in [0, 1], got {config.model.lam}")
+    if config.model.lam == 1.0 and config.model.train_fusion:
+        # d = 1·e + 0·fc(e, f) = e: the fusion never reaches the loss, so it has no gradient to train on.
+        raise HandsynthError(
+            "model.lam = 1 makes d = e, so the fusion takes no part in training and model.train_fusion = "
+            "true has nothing to train. Set model.train_fusion = false (Stage II then optimises d itself, "
+            "as the official code does), or a model.lam below 1"
+        )
 
 
 def train_hand1000(
@@ -513,7 +521,7 @@ def train_hand1000(
     from accelerate.utils import set_seed
 
     check_gesture(gesture)
-    _check_train_settings(config)
+    check_train_settings(config)
     config = resolve_auto_settings(config)
     train = config.train
     out_dir = Path(out_dir)
