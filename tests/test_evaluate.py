@@ -194,3 +194,21 @@ def test_input_folders_resolve(setup):
     assert len(evaluate.real_images(root / "dataset" / "images")) == 8  # a folder: what is on disk
     with pytest.raises(HandsynthError, match="no real images for gesture 'ok'"):
         evaluate.real_images(root / "dataset", "ok")
+
+
+def test_a_named_gesture_uses_only_its_own_samples(setup, tmp_path, capsys):
+    """`--gesture ok` on a samples folder that holds only `call/` stops; it never scores call's images."""
+    root = setup["root"]
+    with pytest.raises(HandsynthError, match=r"gesture .ok. .*of: call\..*generate --gesture ok"):
+        evaluate.generated_images(root / "samples", "ok")
+    plain = tmp_path / "plain"  # per-gesture image folders without records: the same rule
+    files.save_image(plain / "call" / "0.png", Image.new("RGB", (8, 8)))
+    with pytest.raises(HandsynthError, match="no samples of gesture 'ok'"):
+        evaluate.generated_images(plain, "ok")
+    assert evaluate.generated_images(plain, "call") == ([plain / "call" / "0.png"], None)
+
+    args = ["evaluate", "--output-dir", str(tmp_path / "run"), "--real", str(root / "dataset" / "images")]
+    args += ["--generated", str(root / "samples"), "--gesture", "ok", "--metrics", "hand_conf"]
+    assert main(args) == 2
+    assert "no samples of gesture 'ok'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "eval" / "ok").exists()

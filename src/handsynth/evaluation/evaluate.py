@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from handsynth import files
 from handsynth.config import Config, add_config_arguments, comma_list, config_from_args, save_config
+from handsynth.data.gestures import PHRASE_TEMPLATES
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics
 
@@ -65,14 +66,24 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
     A samples folder: `<source>/<gesture>/records.jsonl`, or without a gesture every
     `<source>/*/records.jsonl` (prompts known; records whose file is missing are skipped and logged).
     Any other folder: every image under it (or under its `images/`), prompts unknown.
+    A named gesture takes only `<source>/<gesture>/` when `<source>` holds per-gesture folders: when
+    that one is missing, the other gestures' samples are not used in its place; it is an error.
     """
     source = Path(source)
-    if gesture and (source / gesture / "records.jsonl").is_file():
-        folders = [source / gesture]
-    elif (source / "records.jsonl").is_file():
+    if gesture and (source / gesture).is_dir():
+        source = source / gesture
+    if (source / "records.jsonl").is_file():
         folders = [source]
     else:
         folders = sorted(p.parent for p in source.glob("*/records.jsonl"))
+        if gesture:
+            named = {p.name for p in source.glob("*") if p.is_dir() and p.name in PHRASE_TEMPLATES}
+            if others := sorted({f.name for f in folders} | named):
+                raise HandsynthError(
+                    f"{source} has no samples of gesture '{gesture}' (no folder {source / gesture}); it has "
+                    f"samples of: {', '.join(others)}. Make them with `handsynth generate --gesture "
+                    f"{gesture}`, or pass --generated the folder that holds that gesture's samples"
+                )
     if folders:
         paths: list[Path] = []
         prompts: list[str] | None = []
