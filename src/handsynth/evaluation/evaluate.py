@@ -123,6 +123,7 @@ def _crop_features(
         "crop": ev.hand_crop,
         "margin": ev.hand_crop_margin,
         "preprocess": ev.preprocess,
+        "input_norm": model.input_norm,
         "feature_dim": model.feature_dim,
         "variant": model.variant,
         "weights": weights_tag,
@@ -238,9 +239,11 @@ def evaluate(
 
     if wanted & INCEPTION_METRICS:
         weights = inception.resolve_weights(ev.inception_weights or None)
-        model = inception.load_inception(weights, ev.feature_dim, ev.preprocess, device)
+        model = inception.load_inception(weights, ev.feature_dim, device)
         tag = _weights_tag(weights)
-        report["settings"].update(inception_weights=str(weights), inception_variant=model.variant)
+        report["settings"].update(
+            inception_weights=str(weights), inception_variant=model.variant, input_norm=model.input_norm
+        )
         if wanted & {"fid", "kid"}:
             real_f = inception.cached_features(
                 model, real_paths, cache_dir, ev.preprocess, ev.batch_size, tag, "real features"
@@ -438,7 +441,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--preprocess",
         dest="evaluate.preprocess",
         choices=inception.PREPROCESS_MODES,
-        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop+ImageNet norm, Hand1000)",
+        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop, as the Hand1000 scripts); "
+        "the input normalisation follows the weights",
     )
     parser.add_argument(
         "--feature-dim",
