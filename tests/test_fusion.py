@@ -139,3 +139,49 @@ def test_load_hand1000_names_what_is_missing(tmp_path):
 def test_save_hand1000_rejects_a_wrong_feature(tmp_path):
     with pytest.raises(HandsynthError, match=r"shape \(21, 3\).*\(63,\)"):
         save_hand1000(tmp_path, build_fusion("token", 8), np.zeros((21, 3)), {})
+
+
+def write_bad_feature(path, kind: str) -> None:
+    """A mean feature file spoiled in one of the ways a hand edit or another tool spoils it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "text":
+        path.write_text(" ".join(["0.5"] * 63) + "\n")
+    elif kind == "pickled":
+        np.save(path, np.array([{"x": 0.5}] * 63, dtype=object), allow_pickle=True)
+    elif kind == "shape":
+        np.save(path, np.zeros((21, 3), np.float32))
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, mean=np.zeros(63, np.float32))
+    elif kind == "strings":
+        np.save(path, np.array(["0.5"] * 63))
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
+BAD_FEATURES = ["text", "pickled", "shape", "npz", "strings", "empty"]
+
+
+@pytest.mark.parametrize("kind", BAD_FEATURES)
+def test_a_corrupt_model_feature_names_the_file_and_how_to_rebuild_it(tmp_path, kind):
+    save_hand1000(tmp_path, build_fusion("token", 8), np.zeros(63, np.float32), {"gesture": "ok"})
+    path = tmp_path / "hand1000" / "mean_feature.npy"
+    write_bad_feature(path, kind)
+    with pytest.raises(HandsynthError) as caught:
+        load_hand1000(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a gesture feature: ")
+    assert "63 finite numbers" in message and "Stage I mean.npy of gesture 'ok'" in message
+
+
+@pytest.mark.parametrize("kind", BAD_FEATURES)
+def test_a_corrupt_stage1_feature_names_the_file_and_how_to_rebuild_it(tmp_path, kind):
+    from handsynth.hand1000.trainer import read_mean_feature
+
+    path = tmp_path / "features" / "ok" / "mean.npy"
+    write_bad_feature(path, kind)
+    with pytest.raises(HandsynthError) as caught:
+        read_mean_feature(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a gesture feature: ")
+    assert message.endswith("Rebuild it with `handsynth features --gesture ok` (Stage I)")

@@ -34,6 +34,7 @@ FEATURE_DIM = 63  # 21 MediaPipe landmarks x (x, y, z)
 SEQ_LEN = 77  # CLIP's context length
 FUSION_KINDS = ("token", "flat")
 HAND1000_DIR = "hand1000"
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def _feature_batch(f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -192,6 +193,35 @@ def read_hand1000_config(folder: str | Path) -> dict[str, Any]:
     return json.loads((part / "config.json").read_text(encoding="utf-8"))
 
 
+def read_feature_file(path: str | Path, rebuild: str, feature_dim: int = FEATURE_DIM) -> np.ndarray:
+    """The (feature_dim,) float32 gesture feature in an .npy file; anything else (text, a pickle, an
+    .npz, another shape, NaN) is an error naming the file, with `rebuild`: how to make it again."""
+    path = Path(path)
+    problem = ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+        # no pickles: a feature file holds numbers only, and unpickling runs code
+        value = np.load(path, allow_pickle=False) if head == NPY_MAGIC else None
+    except (ValueError, OSError, EOFError) as exc:
+        problem = f"numpy cannot read it ({exc})"
+    else:
+        if value is None:
+            problem = "it is an .npz archive" if head.startswith(b"PK") else "it is not an .npy file"
+        elif value.dtype.kind not in "fiu":
+            problem = f"it holds {value.dtype} values"
+        elif value.shape != (feature_dim,):
+            problem = f"its shape is {value.shape}"
+        elif not np.isfinite(value).all():
+            problem = "it holds NaN or inf"
+    if problem:
+        raise HandsynthError(
+            f"{path} is not a gesture feature: {problem}; it must hold {feature_dim} finite numbers. "
+            + rebuild
+        )
+    return value.astype(np.float32)
+
+
 def load_hand1000(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[TokenFusion | FlatFusion, torch.Tensor, dict[str, Any]]:
@@ -208,10 +238,10 @@ def load_hand1000(
             f"{part / 'fusion.safetensors'} does not match {part / 'config.json'}: {exc}"
         ) from None
     fusion.to(device=device, dtype=dtype).eval()
-    mean_feature = np.load(part / "mean_feature.npy")
-    if mean_feature.shape != (fusion.feature_dim,) or not np.isfinite(mean_feature).all():
-        raise HandsynthError(
-            f"{part / 'mean_feature.npy'} must hold {fusion.feature_dim} finite numbers, "
-            f"got shape {mean_feature.shape}"
-        )
+    mean_feature = read_feature_file(
+        part / "mean_feature.npy",
+        f"Copy the Stage I mean.npy of gesture '{meta.get('gesture')}' (`handsynth features`) over it, "
+        "or train the model again with `handsynth train`",
+        fusion.feature_dim,
+    )
     return fusion, torch.from_numpy(mean_feature).to(device=device, dtype=dtype), meta

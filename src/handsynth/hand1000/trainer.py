@@ -47,7 +47,13 @@ from handsynth.config import Config, add_config_arguments, config_from_args
 from handsynth.data.gestures import check_gesture, gesture_phrase
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
-from handsynth.hand1000.fusion import FEATURE_DIM, FlatFusion, build_fusion, double_fuse, save_hand1000
+from handsynth.hand1000.fusion import (
+    FlatFusion,
+    build_fusion,
+    double_fuse,
+    read_feature_file,
+    save_hand1000,
+)
 from handsynth.training.diffusion import (
     BaseModels,
     diffusion_loss,
@@ -125,13 +131,12 @@ def read_train_items(dataset_dir: str | Path, gesture: str, max_images: int = 0)
 
 
 def read_mean_feature(path: str | Path) -> np.ndarray:
+    """The Stage I mean feature `<features>/<gesture>/mean.npy`."""
     path = Path(path)
     if not path.is_file():
         raise HandsynthError(f"no gesture feature at {path}; run `handsynth features` (Stage I) first")
-    feature = np.load(path).astype(np.float32)
-    if feature.shape != (FEATURE_DIM,) or not np.isfinite(feature).all():
-        raise HandsynthError(f"{path} must hold {FEATURE_DIM} finite numbers, got shape {feature.shape}")
-    return feature
+    gesture = path.parent.name
+    return read_feature_file(path, f"Rebuild it with `handsynth features --gesture {gesture}` (Stage I)")
 
 
 def image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
