@@ -510,3 +510,27 @@ def test_every_lambda_trains_or_is_refused_before_any_model_loads(
     with pytest.raises(HandsynthError, match="model.lam = 1 makes d = e"):
         check_config(refused)  # `handsynth run` refuses it before its first step
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("key", ["embedding_lr", "unet_lr"])
+def test_resume_refuses_a_changed_learning_rate(tiny_sd_path, tiny_data, tmp_path, key):
+    """A changed lr was silently ignored: the optimiser state came back with the old one. Now the plan
+    holds both learning rates, beside the resolved precision and optimiser the machinery adds."""
+    import re
+
+    dataset, feature = tiny_data
+    settings = dict(schedule="reference", embedding_steps=2, unet_steps=2, max_images=1)
+    train_hand1000(tiny_config(tiny_sd_path, max_steps=1, **settings), dataset, feature, tmp_path, GESTURE)
+    shared = torch.load(
+        tmp_path / "train" / GESTURE / "checkpoints" / "step-00000001" / "shared.pt", weights_only=False
+    )
+    assert {k: shared["plan"][k] for k in ("embedding_lr", "unet_lr", "mixed_precision", "optimizer")} == {
+        "embedding_lr": 1e-3,
+        "unet_lr": 1e-6,
+        "mixed_precision": "no",
+        "optimizer": "adam",
+    }
+    changed = tiny_config(tiny_sd_path, init_from="resume", **{key: 2e-3}, **settings)
+    old = shared["plan"][key]
+    with pytest.raises(HandsynthError, match=re.escape(f"different run setup ({key}: {old!r} -> 0.002)")):
+        train_hand1000(changed, dataset, feature, tmp_path, GESTURE)

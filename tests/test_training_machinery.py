@@ -163,3 +163,29 @@ def test_batches_are_split_between_processes_and_padded(tmp_path):
     assert [len(b) for b in batches] == [4, 4, 4]  # 10 items wrapped round to 12
     seen = torch.cat(batches).tolist()
     assert sorted(set(seen)) == list(range(10)) and len(seen) == 12
+
+
+@pytest.mark.parametrize(("key", "value"), [("optimizer", "adam8bit"), ("mixed_precision", "bf16")])
+def test_resume_refuses_another_optimizer_or_precision(tmp_path, key, value):
+    """The resolved settings are in every trainer's plan: "auto" on this CPU is fp32 and torch Adam, so
+    naming them resumes, and 8-bit Adam (as after installing bitsandbytes) or bf16 is refused."""
+    run_toy(tmp_path, max_steps=2)
+    shared = torch.load(tmp_path / "checkpoints" / "step-00000002" / "shared.pt", weights_only=False)
+    assert shared["plan"] == {"toy": 1, "mixed_precision": "no", "optimizer": "adam"}
+    same = ToyTrainer(toy_config(init_from="resume", mixed_precision="no", optimizer="adam"), tmp_path)
+    same.load_checkpoint()
+    assert same.step == 2
+    # The run's accelerator is the process's (accelerate keeps one precision per process); the plan
+    # comes from the config alone.
+    other = Trainer(
+        toy_config(init_from="resume", **{key: value}),
+        make_accelerator(toy_config(), tmp_path),
+        tmp_path,
+        {"toy": 1},
+        TOTAL,
+        name="toy",
+    )
+    assert other.plan[key] == value
+    old = {"optimizer": "adam", "mixed_precision": "no"}[key]
+    with pytest.raises(HandsynthError, match=rf"different run setup \({key}: '{old}' -> '{value}'\)"):
+        other.load_checkpoint()

@@ -15,7 +15,8 @@
   good one is kept when a weight goes bad), validation grids every `train.validate_every` steps, the stop
   at `train.max_steps`, and the user's `callbacks`;
 - `train(loop)`: `--resume` from the latest checkpoint, refused when the run's plan (what decides the
-  numbers) differs from the checkpoint's.
+  numbers: the subclass's plan, to which the machinery adds the resolved `train.mixed_precision` and
+  `train.optimizer`) differs from the checkpoint's.
 
 A subclass says what to checkpoint by overriding `checkpoint_weights`, `shared_optimizers`, `rank_state`
 and `load_rank_state`, and what to show by overriding `validation_grid`. Its loop calls, per step:
@@ -158,6 +159,17 @@ class Trainer:
             accelerator.init_trackers(name)
         self.started = time.time()
         self.bar = tqdm(total=total_steps, desc=name, disable=not accelerator.is_main_process, unit="step")
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """What decides the numbers, saved in each checkpoint and compared on `--resume`: the plan the
+        subclass gave, plus the precision and optimiser that "auto" resolved to on this machine."""
+        train = self.config.train
+        return {**self._plan, "mixed_precision": train.mixed_precision, "optimizer": train.optimizer}
+
+    @plan.setter
+    def plan(self, plan: dict[str, Any]) -> None:
+        self._plan = dict(plan)
 
     # --- set-up helpers
 
