@@ -161,3 +161,23 @@ def test_flat_fusion_folder_conditions_as_the_reference(tiny_sd_path, tmp_path):
     fused = (w @ torch.cat([e.flatten(), torch.from_numpy(mean)]) + b).reshape(1, 77, 32)
     d, _ = pipe.encode(PROMPT)
     torch.testing.assert_close(d, 0.3 * fused + 0.7 * e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_latent_x0_is_never_clipped_whatever_the_base_says(pipe, tiny_sd_clip_sample_path, tmp_path):
+    """A base whose scheduler config says clip_sample = true, or does not say it, samples exactly as one
+    that says false. (diffusers' StableDiffusionPipeline resets an explicit true when it is built, but a
+    DDIM built from a config without the key clipped.)"""
+    import shutil
+
+    folder = tmp_path / "clip-sample-base"
+    shutil.copytree(tiny_sd_clip_sample_path, folder)
+    shutil.copytree(pipe.name + "/hand1000", folder / "hand1000")
+    loaded = Hand1000Pipeline.from_pretrained(folder, device="cpu")
+    loaded.sd.set_progress_bar_config(disable=True)
+    assert loaded.sd.scheduler.config.clip_sample is False
+    assert np.array_equal(_generate(loaded, 0), _generate(pipe, 0))
+    # and the setting matters here: DDIM that clips x0 draws another image from the same embeddings
+    clipping = Hand1000Pipeline(loaded.sd, loaded.fusion, loaded.mean_feature, loaded.meta)
+    clipping.sd.scheduler = DDIMScheduler.from_config(loaded.sd.scheduler.config, clip_sample=True)
+    assert np.abs(_generate(clipping, 0) - _generate(pipe, 0)).mean() > 1e-2

@@ -480,6 +480,7 @@ def test_fusion_stays_the_seeded_random_projection_unless_trained(tiny_sd_path, 
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_every_lambda_trains_or_is_refused_before_any_model_loads(
     tiny_sd_path, tiny_data, tmp_path, monkeypatch, schedule
@@ -512,6 +513,7 @@ def test_every_lambda_trains_or_is_refused_before_any_model_loads(
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["embedding_lr", "unet_lr"])
 def test_resume_refuses_a_changed_learning_rate(tiny_sd_path, tiny_data, tmp_path, key):
     """A changed lr was silently ignored: the optimiser state came back with the old one. Now the plan

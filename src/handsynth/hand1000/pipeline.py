@@ -24,6 +24,12 @@ from handsynth.hub import resolve_device
 log = logging.getLogger(__name__)
 
 
+def ddim_scheduler(scheduler_config: Any) -> DDIMScheduler:
+    """Hand1000's sampler: DDIM on the base model's noise schedule, with the predicted x0 never clipped
+    to [−1, 1] (a pixel-space setting: SD latents leave that range), whatever the base's config says."""
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+
+
 def resolve_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:
     """`None`: fp16 on a GPU (the reference's inference precision), fp32 on the CPU."""
     if dtype is not None:
@@ -63,9 +69,8 @@ class Hand1000Pipeline:
         meta: dict[str, Any],
         name: str = "",
     ) -> None:
-        if not isinstance(sd.scheduler, DDIMScheduler):
-            # SD v1.4 ships a PNDM scheduler; Hand1000 samples with DDIM on the same noise schedule.
-            sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+        # SD v1.4 ships a PNDM scheduler; Hand1000 samples with DDIM on the same noise schedule.
+        sd.scheduler = ddim_scheduler(sd.scheduler.config)
         self.sd, self.fusion, self.mean_feature, self.meta, self.name = sd, fusion, mean_feature, meta, name
 
     @classmethod

@@ -335,8 +335,10 @@ class Hand1000Trainer(Trainer):
         """Images from the first training captions, sampled as at inference, seeded."""
         if not self.validation_captions:
             return None
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
         from diffusers.utils import make_image_grid
+
+        from handsynth.hand1000.pipeline import ddim_scheduler
 
         gen = self.config.generate
         pipe = StableDiffusionPipeline(
@@ -344,7 +346,7 @@ class Hand1000Trainer(Trainer):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.acc.unwrap_model(self.unet),
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            scheduler=ddim_scheduler(self.noise_scheduler.config),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
