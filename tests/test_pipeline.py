@@ -181,3 +181,26 @@ def test_the_latent_x0_is_never_clipped_whatever_the_base_says(pipe, tiny_sd_cli
     clipping = Hand1000Pipeline(loaded.sd, loaded.fusion, loaded.mean_feature, loaded.meta)
     clipping.sd.scheduler = DDIMScheduler.from_config(loaded.sd.scheduler.config, clip_sample=True)
     assert np.abs(_generate(clipping, 0) - _generate(pipe, 0)).mean() > 1e-2
+
+
+def test_images_default_to_the_size_the_model_was_trained_at(pipe, tmp_path):
+    """The recorded training resolution; without a record the UNet's sample_size x the VAE factor."""
+    import json
+    import shutil
+
+    assert "resolution" not in pipe.meta
+    unrecorded = pipe("a hand", num_inference_steps=1, output_type="np").images
+    assert unrecorded.shape == (1, 32 * 2, 32 * 2, 3)
+    folder = tmp_path / "trained-at-48"
+    shutil.copytree(pipe.name, folder)
+    meta_path = folder / "hand1000" / "config.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "resolution": 48}))
+    recorded = Hand1000Pipeline.from_pretrained(folder, device="cpu")
+    assert recorded.default_size == 48
+    assert recorded("a hand", num_inference_steps=1, output_type="np").images.shape == (1, 48, 48, 3)
+    assert recorded("a hand", num_inference_steps=1, height=32, output_type="np").images.shape == (
+        1,
+        32,
+        48,
+        3,
+    )

@@ -499,6 +499,10 @@ def test_every_lambda_trains_or_is_refused_before_any_model_loads(
             .splitlines()
         ]
         assert [r["stage"] for r in log] == ["embedding", "embedding", "unet"]
+        meta = json.loads(
+            (tmp_path / f"{lam}-{train_fusion}" / "models" / GESTURE / "hand1000" / "config.json").read_text()
+        )
+        assert meta["resolution"] == 64  # the tiny base's 32 latent px x 2
         assert all(np.isfinite(r["loss"]) for r in log)
 
     def no_model_may_load(base):

@@ -112,6 +112,14 @@ class Hand1000Pipeline:
     def default_mu(self) -> float:
         return float(self.meta.get("mu", 0.7))
 
+    @property
+    def default_size(self) -> int:
+        """The resolution the model was trained at (`hand1000/config.json`); without that record, the
+        UNet's sample_size times the VAE's scale factor, as diffusers defaults."""
+        if self.meta.get("resolution"):
+            return int(self.meta["resolution"])
+        return self.sd.unet.config.sample_size * self.sd.vae_scale_factor
+
     @torch.no_grad()
     def encode(
         self, prompt: str | list[str], mu: float | None = None, guidance: bool = True
@@ -132,22 +140,25 @@ class Hand1000Pipeline:
         mu: float | None = None,
         num_inference_steps: int = 45,
         guidance_scale: float = 3.0,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         **kwargs: Any,
     ) -> StableDiffusionPipelineOutput:
-        """Images for `prompt` (one or a list); extra keyword arguments go to StableDiffusionPipeline."""
+        """Images for `prompt` (one or a list); extra keyword arguments go to StableDiffusionPipeline.
+
+        `height` and `width` default to `default_size`, the resolution the model was trained at.
+        """
         d, uncond = self.encode(prompt, mu, guidance=guidance_scale > 1.0)
         return self.sd(
             prompt_embeds=d,
             negative_prompt_embeds=uncond,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=height,
-            width=width,
+            height=self.default_size if height is None else height,
+            width=self.default_size if width is None else width,
             num_images_per_prompt=num_images_per_prompt,
             eta=0.0,
             generator=generator,

@@ -593,6 +593,7 @@ def train_hand1000(
         "steps": trainer.step,
         "total_steps": total,
         "images": len(items),
+        "resolution": trainer.resolution,  # Hand1000Pipeline draws at this size unless told otherwise
     }
     if train.lora_rank > 0:
         meta["lora"] = "hand1000/lora"
