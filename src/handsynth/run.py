@@ -158,7 +158,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.config is None:
         raise HandsynthError(
-            "`handsynth run` needs --config: start from configs/paper.toml, or try `handsynth demo`"
+            "`handsynth run` needs --config: start from configs/hand1000.toml, or try `handsynth demo`"
         )
     run_pipeline(config_from_args(args))
     return 0
