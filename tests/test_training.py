@@ -540,3 +540,33 @@ def test_resume_refuses_a_changed_learning_rate(tiny_sd_path, tiny_data, tmp_pat
     old = shared["plan"][key]
     with pytest.raises(HandsynthError, match=re.escape(f"different run setup ({key}: {old!r} -> 0.002)")):
         train_hand1000(changed, dataset, feature, tmp_path, GESTURE)
+
+
+@pytest.mark.slow
+def test_an_untrained_fusion_is_rebuilt_from_the_seed_not_checkpointed(tiny_sd_path, tiny_data, tmp_path):
+    """The reference's flat fusion never trains: checkpoints leave it out (14 GB at SD size) and a
+    resumed run rebuilds it from run.seed, ending bit-identical; a trained fusion is checkpointed."""
+    dataset, feature = tiny_data
+    settings = dict(schedule="reference", embedding_steps=2, unet_steps=2, max_images=1, model__fusion="flat")
+    untrained = dict(settings, model__train_fusion=False)
+    straight = train_hand1000(
+        tiny_config(tiny_sd_path, **untrained), dataset, feature, tmp_path / "a", GESTURE
+    )
+    train_hand1000(
+        tiny_config(tiny_sd_path, max_steps=3, **untrained), dataset, feature, tmp_path / "b", GESTURE
+    )
+    checkpoint = tmp_path / "b" / "train" / GESTURE / "checkpoints" / "step-00000003" / "shared.pt"
+    assert set(torch.load(checkpoint, weights_only=False)["weights"]) == {"unet"}
+    resumed = train_hand1000(
+        tiny_config(tiny_sd_path, init_from="resume", **untrained), dataset, feature, tmp_path / "b", GESTURE
+    )
+    for part in ("unet/diffusion_pytorch_model.safetensors", "hand1000/fusion.safetensors"):
+        a, b = load_file(str(straight / part)), load_file(str(resumed / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+    trained = dict(settings, model__train_fusion=True)
+    train_hand1000(
+        tiny_config(tiny_sd_path, max_steps=1, **trained), dataset, feature, tmp_path / "c", GESTURE
+    )
+    checkpoint = tmp_path / "c" / "train" / GESTURE / "checkpoints" / "step-00000001" / "shared.pt"
+    assert set(torch.load(checkpoint, weights_only=False)["weights"]) == {"unet", "fusion"}

@@ -240,6 +240,10 @@ class Hand1000Trainer(Trainer):
     # --- what the machinery checkpoints
 
     def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        # An untrained fusion is the seeded random projection that __init__ rebuilds from run.seed on a
+        # resume, so it is not saved again at every checkpoint (a flat one is 14 GB).
+        if not self.config.model.train_fusion:
+            return {"unet": self.trainable}
         return {"unet": self.trainable, "fusion": self.fusion_plain.state_dict()}
 
     def shared_optimizers(self) -> dict[str, torch.optim.Optimizer]:

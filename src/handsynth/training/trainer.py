@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adam", "adam8bit")
+FINITE_CHECK_ELEMENTS = 2**22  # values checked for NaN/inf at a time
 
 
 class NonFiniteLoss(HandsynthError):
@@ -120,6 +121,16 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, kind: str) -> to
             'train.optimizer = "adam8bit" needs bitsandbytes: `pip install "handsynth[gpu]"`, or use "adam"'
         ) from None
     return bnb.optim.Adam8bit(params, lr=lr)
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether no value is NaN or inf, checked FINITE_CHECK_ELEMENTS at a time: torch.isfinite on the
+    whole tensor makes temporaries of 1.75 times its size (24 GB more for a 14 GB flat fusion)."""
+    t = tensor.detach()
+    if t.dim() == 0 or t.numel() <= FINITE_CHECK_ELEMENTS:
+        return bool(torch.isfinite(t).all())
+    rows = max(1, FINITE_CHECK_ELEMENTS * t.shape[0] // t.numel())
+    return all(bool(torch.isfinite(part).all()) for part in t.split(rows))
 
 
 class Trainer:
@@ -321,7 +332,7 @@ class Trainer:
         weights = self.checkpoint_weights()
         for group, named in weights.items():
             for name, tensor in named.items():
-                if not bool(torch.isfinite(tensor).all()):
+                if not all_finite(tensor):
                     raise NonFiniteLoss(
                         f"weight {group}.{name} is NaN/inf at step {self.step}; no checkpoint written, "
                         f"the last good one is {self.last_checkpoint}. Try a lower learning rate or "
@@ -337,9 +348,11 @@ class Trainer:
             shared = {
                 "step": self.step,
                 "plan": self.plan,
+                # As they are: torch.save copies a device tensor to the host one storage at a time and
+                # writes a host one from its own memory, so no copy of the whole set is made (a flat
+                # fusion alone is 14 GB).
                 "weights": {
-                    group: {name: t.detach().cpu().clone() for name, t in named.items()}
-                    for group, named in weights.items()
+                    group: {name: t.detach() for name, t in named.items()} for group, named in weights.items()
                 },
                 "optimizers": {name: opt.state_dict() for name, opt in self.shared_optimizers().items()},
                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
