@@ -12,8 +12,7 @@ Every measure is free of image scale and in-plane rotation, and most of the hand
 - the palm's facing is the angle between its plane (wrist, index and little-finger knuckles) and
   the image plane.
 
-`ok` is thumb-tip-index-tip contact, the index bent round to it and the other three fingers up,
-seen from any side.
+`ok` is thumb-tip-index-tip contact with the other three fingers up, seen from any side.
 `palm` and `four` are shown to the camera: a palm turned edge-on, or two palms pressed together
 that MediaPipe takes for one hand (`holy`), is not read as either. Two gestures are defined by
 direction as well as shape: `like` needs the thumb to point up (a thumb pointing down is
@@ -145,9 +144,8 @@ def classify_landmarks(
     s = finger_states(landmarks, aspect)
     thumb, fingers = s["thumb"], (s["index"], s["middle"], s["ring"], s["pinky"])
     contact = np.linalg.norm(points[4, :2] - points[8, :2]) / palm_size(points) < OK_CONTACT_MAX
-    # ok: the index curls round to the thumb and the other three stand up, one of them perhaps sagging
-    # into a bend in a relaxed hand
-    if contact and fingers[0] != EXTENDED and CURLED not in fingers[1:] and fingers[1:].count(EXTENDED) >= 2:
+    # ok: the other three fingers stand up, one of them perhaps sagging into a bend in a relaxed hand
+    if contact and CURLED not in fingers[1:] and fingers[1:].count(EXTENDED) >= 2:
         return "ok"
     if fingers == (EXTENDED,) * 4:
         if palm_facing(landmarks, aspect) < FACING_MIN_COS:
