@@ -214,6 +214,7 @@ def test_a_named_gesture_uses_only_its_own_samples(setup, tmp_path, capsys):
     assert not (tmp_path / "run" / "eval" / "ok").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fid", "torchvision"])
 def test_the_input_normalisation_follows_the_network_whatever_the_preprocessing(setup, tmp_path, variant):
     """Each network gets the input it was trained on: 2x−1 for the TF-FID one, ImageNet normalisation
