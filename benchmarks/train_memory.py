@@ -16,23 +16,52 @@ size and gradient checkpointing). Rows:
   a GPU without bitsandbytes.
 - lora-r4 / lora-r8: `train.lora_rank`, UNet frozen in fp32, Adam over the LoRA and the token fusion.
 
+Then the host memory of checkpointing and loading the flat fusion (`model.fusion = "flat"`), before
+and after the fixes of issue 16, measured: each case runs in a fresh process on a scaled-down flat
+fusion (text width 64 and 128 instead of 768: 24 M and 97 M parameters instead of 3.5 B), and its
+figure is the peak resident set above the process's size just before (VmHWM after resetting it
+through /proc/self/clear_refs, so exact, file pages mapped by safetensors included). Its growth per
+fusion byte between the two sizes is carried on to the 3.5 B one (a peak that does not grow with the
+fusion stays at its measured value). "before"
+runs the old code's lines (kept here as the baseline); "after" runs the toolkit's code. The peaks
+with the fusion on a GPU (trained there, or loaded there in fp16) are computed from byte counts (no
+GPU here):
+
+- checkpoint: the old `save_checkpoint` ran torch.isfinite on each whole weight (temporaries of 1.75
+  times its size) and copied every weight (`.cpu().clone()`) before torch.save: one host copy on CPU,
+  two transient ones from a GPU. Now the NaN check runs a chunk at a time, torch.save gets the live
+  tensors and moves device ones to the host one storage at a time, and an untrained fusion is not
+  saved at all (it is the seeded random projection, rebuilt from run.seed on resume).
+- load: the old `load_hand1000` loaded the fp32 file onto the device (safetensors' mmap) and cast it
+  there (fp32 + fp16 on the GPU at once); now `load_cast` reads, casts on the host and moves one block
+  of rows at a time.
+
     python benchmarks/train_memory.py
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
+import multiprocessing
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from handsynth import files
-from handsynth.hand1000.fusion import fusion_parameter_count
+from handsynth.config import Config
+from handsynth.hand1000.fusion import (
+    LOAD_BLOCK_BYTES,
+    FlatFusion,
+    fusion_parameter_count,
+    load_hand1000,
+    save_hand1000,
+)
 from handsynth.hand1000.trainer import LORA_TARGETS
+from handsynth.training.trainer import FINITE_CHECK_ELEMENTS, Trainer, make_accelerator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_memory.json"
 SEQ_LEN, TEXT_DIM = 77, 768
@@ -88,6 +117,7 @@ def measured_adam8bit_bytes() -> dict | None:
     if importlib.util.find_spec("bitsandbytes") is None:
         return None
     import bitsandbytes as bnb
+    from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
         **{**SD14_UNET, "block_out_channels": (32, 64, 128, 128), "cross_attention_dim": 64}
@@ -126,7 +156,156 @@ def row(params: dict[str, float], grads: dict[str, float], optimizer: dict[str, 
     }
 
 
+# ------------------------------------------------------------------ flat fusion: host memory, measured
+
+SCALED_TEXT_DIMS = (64, 128)
+FLAT_CASES = {
+    "checkpoint, fusion trained": ("before", "after"),
+    "checkpoint, fusion untrained": ("before", "after"),
+    "load in fp16": ("before", "after"),
+}
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+class _FusionTrainer(Trainer):
+    """The machinery's checkpointing with the flat fusion as its weights; an untrained fusion is left
+    out, as Hand1000Trainer.checkpoint_weights does."""
+
+    def __init__(self, work: Path, fusion: FlatFusion, trained: bool) -> None:
+        config = Config()
+        config.run.device = "cpu"
+        config.train.checkpoint_every = 0
+        super().__init__(config, make_accelerator(config, work), work, {}, total_steps=1, name="flat")
+        self.fusion, self.trained = fusion, trained
+
+    def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"fusion": self.fusion.state_dict()} if self.trained else {}
+
+
+def _measure_case(case: str, side: str, text_dim: int, work: str) -> int:
+    """In a fresh process: the peak resident bytes above the size just before `case` runs."""
+    work_dir = Path(work)
+    torch.manual_seed(0)
+    fusion = FlatFusion(text_dim).materialize() if case.startswith("checkpoint") else None
+    trainer = _FusionTrainer(work_dir / "train", fusion, "untrained" not in case) if fusion else None
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    before = _status("VmRSS")
+    if case.startswith("checkpoint") and side == "after":
+        trainer.save_checkpoint()
+    elif case.startswith("checkpoint"):  # the old save_checkpoint: NaN check, a copy of each weight, save
+        state = fusion.state_dict()
+        assert all(bool(torch.isfinite(t).all()) for t in state.values())
+        shared = {"weights": {"fusion": {n: t.detach().cpu().clone() for n, t in state.items()}}}
+        torch.save(shared, work_dir / "shared.pt")
+    elif side == "after":
+        load_hand1000(work_dir / "model", "cpu", torch.float16)
+    else:  # the old load_hand1000: the fp32 file onto the device, then the cast there
+        from safetensors.torch import load_file
+
+        loaded = FlatFusion(text_dim)
+        loaded.load_state_dict(
+            load_file(str(work_dir / "model" / "hand1000" / "fusion.safetensors")), assign=True
+        )
+        loaded.to(dtype=torch.float16)
+    return _status("VmHWM") - before
+
+
+def flat_fusion_host_memory() -> dict:
+    """Measured peaks per case and size, the linear fit in the fusion's bytes, the 3.5 B extrapolation."""
+    context = multiprocessing.get_context("spawn")
+    full_bytes = fusion_parameter_count("flat", TEXT_DIM, SEQ_LEN) * FP32
+    out: dict = {"text_dims": SCALED_TEXT_DIMS, "full_fp32_bytes": full_bytes, "cases": {}}
+    sizes = [fusion_parameter_count("flat", d, SEQ_LEN) * FP32 for d in SCALED_TEXT_DIMS]
+    out["scaled_fp32_bytes"] = sizes
+    with tempfile.TemporaryDirectory() as tmp, context.Pool(1, maxtasksperchild=1) as pool:
+        for d in SCALED_TEXT_DIMS:
+            torch.manual_seed(0)
+            model = Path(tmp) / f"d{d}" / "model"
+            save_hand1000(model, FlatFusion(d).materialize(), np.zeros(63, np.float32), {"gesture": "call"})
+        for case, sides in FLAT_CASES.items():
+            for side in sides:
+                peaks = [
+                    pool.apply(_measure_case, (case, side, d, str(Path(tmp) / f"d{d}")))
+                    for d in SCALED_TEXT_DIMS
+                ]
+                # The growth per fusion byte between the two sizes, carried on from the larger one; a
+                # peak that does not grow (within noise: a negative slope) stays at its measured value.
+                slope = max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
+                out["cases"].setdefault(case, {})[side] = {
+                    "measured_peak_bytes": peaks,
+                    "per_fusion_byte": round(slope, 4),
+                    "extrapolated_peak_bytes": int(peaks[1] + slope * (full_bytes - sizes[1])),
+                }
+    return out
+
+
+def flat_fusion_gpu_bytes() -> dict:
+    """Computed: peaks beyond the weights themselves when the 3.5 B flat fusion lives on a GPU."""
+    n = fusion_parameter_count("flat", TEXT_DIM, SEQ_LEN)
+    isfinite = FP32 + 3  # torch.isfinite: an fp32 |x| and three bool masks per value
+    return {
+        "checkpoint, fusion trained": {
+            # torch.isfinite on the whole weight; .cpu() then .clone() of it on the host
+            "before": {"gpu": n * isfinite, "host": 2 * n * FP32},
+            # the check a chunk at a time; torch.save moves the one storage to the host
+            "after": {"gpu": FINITE_CHECK_ELEMENTS * isfinite, "host": n * FP32},
+        },
+        "checkpoint, fusion untrained": {
+            "before": {"gpu": n * isfinite, "host": 2 * n * FP32},
+            "after": {"gpu": 0, "host": 0},  # not saved: rebuilt from run.seed on resume
+        },
+        "load in fp16": {
+            # the fp32 weights and their fp16 cast on the GPU at once; the fp32 file paged in by the mmap
+            "before": {"gpu": n * (FP32 + BF16), "host": n * FP32},
+            # the fp16 weights only; on the host one block of rows, read, and its cast
+            "after": {"gpu": n * BF16, "host": LOAD_BLOCK_BYTES * (FP32 + BF16) // FP32},
+        },
+    }
+
+
+def print_flat_fusion(measured: dict, gpu: dict) -> None:
+    mb = [f"{b / 1e6:.0f} MB fusion" for b in measured["scaled_fp32_bytes"]]
+    full_gib = measured["full_fp32_bytes"] / 2**30
+    print(
+        f"\nflat fusion host memory, measured: peak RSS above the start, fresh process per case, on "
+        f"{' and '.join(mb)} (fp32); extrapolated at the measured growth per byte to the 3.5 B one "
+        f"({full_gib:.1f} GiB)"
+    )
+    print(f"{'case':<30}{'side':<8}{'measured MB':>22}{'extrapolated GiB':>18}{'after/before':>14}")
+    for case, sides in measured["cases"].items():
+        for side, r in sides.items():
+            peaks = " / ".join(f"{p / 1e6:.0f}" for p in r["measured_peak_bytes"])
+            ratio = ""
+            if side == "after":
+                base = sides["before"]["extrapolated_peak_bytes"]
+                ratio = f"{r['extrapolated_peak_bytes'] / base:.3f}" if base else "n/a"
+            print(f"{case:<30}{side:<8}{peaks:>22}{r['extrapolated_peak_bytes'] / 2**30:>18.2f}{ratio:>14}")
+    print("the 3.5 B flat fusion on a GPU, computed from byte counts (no GPU here): peaks in GiB")
+    print(f"{'case':<30}{'side':<8}{'GPU':>10}{'host':>10}{'GPU after/before':>18}{'host after/before':>19}")
+    for case, sides in gpu.items():
+        for side, r in sides.items():
+            ratios = ""
+            if side == "after":
+                ratios = "".join(
+                    f"{r[k] / sides['before'][k]:>{w}.3f}" for k, w in (("gpu", 18), ("host", 19))
+                )
+            print(f"{case:<30}{side:<8}{r['gpu'] / 2**30:>10.2f}{r['host'] / 2**30:>10.2f}{ratios}")
+
+
 def main() -> None:
+    # imported here, so that the child processes of the flat fusion cases start without them
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     with init_empty_weights():
         unet = UNet2DConditionModel(**SD14_UNET)
         vae = AutoencoderKL(**SD14_VAE)
@@ -200,8 +379,18 @@ def main() -> None:
             f"8-bit Adam bytes, small UNet: bitsandbytes {check['bitsandbytes']} measured "
             f"{check['measured_bytes']:,}, formula {check['formula_bytes']:,}"
         )
+    measured, gpu = flat_fusion_host_memory(), flat_fusion_gpu_bytes()
+    print_flat_fusion(measured, gpu)
     files.write_json(
-        RESULTS, {"parameters": counts, "settings": rows, "goal_one_third": goal, "adam8bit_check": check}
+        RESULTS,
+        {
+            "parameters": counts,
+            "settings": rows,
+            "goal_one_third": goal,
+            "adam8bit_check": check,
+            "flat_fusion_host_memory_measured": measured,
+            "flat_fusion_gpu_computed": gpu,
+        },
     )
     print(f"-> {RESULTS}")
 

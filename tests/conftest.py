@@ -43,6 +43,27 @@ def tiny_sd_path(tmp_path_factory) -> Path:
     return write_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
 
 
+@pytest.fixture(scope="session", params=["DDIM-true", "PNDM-true", "PNDM-silent"])
+def tiny_sd_clip_sample_path(request, tiny_sd_path, tmp_path_factory) -> Path:
+    """The tiny SD with a scheduler config that says `clip_sample = true`, under a DDIM or (as SD v1.4
+    ships it) a PNDM class, or a PNDM config that does not say it, which DDIM's default makes true."""
+    import json
+    import shutil
+
+    kind, clip_sample = request.param.split("-")
+    folder = tmp_path_factory.mktemp("models") / f"tiny-sd-clip-sample-{request.param}"
+    shutil.copytree(tiny_sd_path, folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = {**json.loads(config_path.read_text()), "_class_name": f"{kind}Scheduler", "clip_sample": True}
+    if clip_sample == "silent":
+        del config["clip_sample"]
+    config_path.write_text(json.dumps(config))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", f"{kind}Scheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_hand1000_path(tiny_sd_path, tmp_path_factory) -> Path:
     """A Hand1000 folder before training: the tiny SD + a random token fusion and mean feature."""

@@ -1,4 +1,5 @@
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -43,12 +44,66 @@ def test_set_option_reads_toml_values():
     assert parse_set_option("model.base=runs/x/sd") == ("model.base", "runs/x/sd")
 
 
-def test_paper_config_loads_with_the_papers_numbers():
-    from pathlib import Path
+CONFIGS = Path(__file__).parents[1] / "configs"
 
-    config = load_config(Path(__file__).parents[1] / "configs" / "paper.toml")
+
+@pytest.mark.parametrize("name", ["hand1000.toml", "hand1000-reference.toml"])
+def test_paper_config_loads_with_the_papers_numbers(name):
+    config = load_config(CONFIGS / name)
     assert config.model.base == "CompVis/stable-diffusion-v1-4" and config.model.lam == 0.7
     assert (config.generate.steps, config.generate.guidance) == (45, 3.0)
     assert config.data.gestures == ["call", "four", "like", "mute", "ok", "palm"]
     assert (config.train.embedding_steps, config.train.unet_steps) == (10, 20)
     assert (config.train.embedding_lr, config.train.unet_lr) == (1e-3, 1e-6)
+
+
+def test_the_reference_config_is_the_official_codes_behaviour():
+    """The official code: the flat fusion, never trained; its per-image loop in fp32 with torch Adam;
+    biased KID on torchvision's ImageNet Inception with Resize + CenterCrop (SPEC §A)."""
+    from handsynth.evaluation import inception
+    from handsynth.hand1000.trainer import check_train_settings
+
+    config = load_config(CONFIGS / "hand1000-reference.toml")
+    check_train_settings(config)
+    assert (config.model.fusion, config.model.train_fusion) == ("flat", False)
+    assert config.train.schedule == "reference"
+    assert (config.train.mixed_precision, config.train.optimizer) == ("no", "adam")
+    assert (config.evaluate.kid_estimator, config.evaluate.preprocess) == ("reference", "reference")
+    assert Path(config.evaluate.inception_weights).name == "inception_v3_google-0cc3c7bd.pth"
+    assert Path(config.evaluate.inception_weights).name != inception.WEIGHTS_NAME
+    assert (config.evaluate.hand_crop, config.evaluate.feature_dim) == ("reference", 2048)
+    assert (config.evaluate.kid_subsets, config.evaluate.kid_subset_size) == (100, 1000)
+    assert (config.features.max_num_hands, config.features.min_detection_confidence) == (1, 0.5)
+    assert (config.data.crop, config.data.captioner, config.data.rewrite) == ("center", "blip2", "llm")
+    text = (CONFIGS / "hand1000-reference.toml").read_text()
+    for weights in (
+        "stable-diffusion-v1-4",
+        "blip2",
+        "Llama-3",
+        "CLIP ViT-B/32",
+        "inception_v3_google",
+        "MediaPipe",
+    ):
+        assert weights.lower() in text.lower()
+
+
+def test_the_recommended_config_is_the_toolkits_defaults_on_the_papers_setting():
+    """A fusion Stage II trains, unbiased KID on the standard TF-FID network with clean resizing, and
+    the training memory savings; everything else as the paper."""
+    from handsynth.hand1000.trainer import check_train_settings
+
+    config = load_config(CONFIGS / "hand1000.toml")
+    check_train_settings(config)
+    assert (config.model.fusion, config.model.train_fusion) == ("token", True)
+    assert (config.evaluate.kid_estimator, config.evaluate.preprocess) == ("unbiased", "clean")
+    assert config.evaluate.inception_weights == ""  # the TF-FID file, from $HANDSYNTH_INCEPTION or the cache
+    assert (config.train.mixed_precision, config.train.optimizer) == ("auto", "auto")
+    defaults = Config()
+    for section in ("train", "evaluate", "generate"):
+        differs = {
+            k: v
+            for k, v in vars(getattr(config, section)).items()
+            if v != getattr(getattr(defaults, section), k)
+        }
+        assert differs == {}, f"[{section}] leaves the toolkit's defaults: {differs}"
+    assert config.run.output_dir != load_config(CONFIGS / "hand1000-reference.toml").run.output_dir

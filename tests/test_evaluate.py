@@ -194,3 +194,52 @@ def test_input_folders_resolve(setup):
     assert len(evaluate.real_images(root / "dataset" / "images")) == 8  # a folder: what is on disk
     with pytest.raises(HandsynthError, match="no real images for gesture 'ok'"):
         evaluate.real_images(root / "dataset", "ok")
+
+
+def test_a_named_gesture_uses_only_its_own_samples(setup, tmp_path, capsys):
+    """`--gesture ok` on a samples folder that holds only `call/` stops; it never scores call's images."""
+    root = setup["root"]
+    with pytest.raises(HandsynthError, match=r"gesture .ok. .*of: call\..*generate --gesture ok"):
+        evaluate.generated_images(root / "samples", "ok")
+    plain = tmp_path / "plain"  # per-gesture image folders without records: the same rule
+    files.save_image(plain / "call" / "0.png", Image.new("RGB", (8, 8)))
+    with pytest.raises(HandsynthError, match="no samples of gesture 'ok'"):
+        evaluate.generated_images(plain, "ok")
+    assert evaluate.generated_images(plain, "call") == ([plain / "call" / "0.png"], None)
+
+    args = ["evaluate", "--output-dir", str(tmp_path / "run"), "--real", str(root / "dataset" / "images")]
+    args += ["--generated", str(root / "samples"), "--gesture", "ok", "--metrics", "hand_conf"]
+    assert main(args) == 2
+    assert "no samples of gesture 'ok'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "eval" / "ok").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["fid", "torchvision"])
+def test_the_input_normalisation_follows_the_network_whatever_the_preprocessing(setup, tmp_path, variant):
+    """Each network gets the input it was trained on: 2x−1 for the TF-FID one, ImageNet normalisation
+    then transform_input (also 2x−1) for torchvision's; `preprocess` only chooses the resizing."""
+    import torch
+
+    from handsynth.files import load_rgb
+
+    root = setup["root"]
+    weights = write_random_inception(tmp_path / f"{variant}.pth", seed=3, variant=variant)
+    network = inception.load_inception(weights, feature_dim=64)
+    network.normalize = lambda x: x  # fed by hand below
+
+    def features(paths, preprocess):
+        rgb = np.stack([inception.preprocess_image(load_rgb(p), preprocess) for p in paths])
+        x = torch.from_numpy(rgb).permute(0, 3, 1, 2) / 127.5 - 1.0
+        with torch.no_grad():
+            return network(x).numpy()
+
+    real = evaluate.real_images(root / "dataset", "call")
+    fake, _ = evaluate.generated_images(root / "samples", "call")
+    for preprocess in inception.PREPROCESS_MODES:
+        config = _config(setup, preprocess=preprocess, metrics=["fid"], cache_dir=str(tmp_path / "cache"))
+        config.evaluate.inception_weights = str(weights)
+        report = evaluate.evaluate(config, root / "dataset", root / "samples", tmp_path / preprocess, "call")
+        expected = metrics.fid_from_features(features(real, preprocess), features(fake, preprocess))
+        assert report["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-4)
+        assert report["settings"]["input_norm"] == {"fid": "fid", "torchvision": "imagenet"}[variant]

@@ -139,3 +139,80 @@ def test_load_hand1000_names_what_is_missing(tmp_path):
 def test_save_hand1000_rejects_a_wrong_feature(tmp_path):
     with pytest.raises(HandsynthError, match=r"shape \(21, 3\).*\(63,\)"):
         save_hand1000(tmp_path, build_fusion("token", 8), np.zeros((21, 3)), {})
+
+
+def write_bad_feature(path, kind: str) -> None:
+    """A mean feature file spoiled in one of the ways a hand edit or another tool spoils it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "text":
+        path.write_text(" ".join(["0.5"] * 63) + "\n")
+    elif kind == "pickled":
+        np.save(path, np.array([{"x": 0.5}] * 63, dtype=object), allow_pickle=True)
+    elif kind == "shape":
+        np.save(path, np.zeros((21, 3), np.float32))
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, mean=np.zeros(63, np.float32))
+    elif kind == "strings":
+        np.save(path, np.array(["0.5"] * 63))
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
+BAD_FEATURES = ["text", "pickled", "shape", "npz", "strings", "empty"]
+
+
+@pytest.mark.parametrize("kind", BAD_FEATURES)
+def test_a_corrupt_model_feature_names_the_file_and_how_to_rebuild_it(tmp_path, kind):
+    save_hand1000(tmp_path, build_fusion("token", 8), np.zeros(63, np.float32), {"gesture": "ok"})
+    path = tmp_path / "hand1000" / "mean_feature.npy"
+    write_bad_feature(path, kind)
+    with pytest.raises(HandsynthError) as caught:
+        load_hand1000(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a gesture feature: ")
+    assert "63 finite numbers" in message and "Stage I mean.npy of gesture 'ok'" in message
+
+
+@pytest.mark.parametrize("kind", BAD_FEATURES)
+def test_a_corrupt_stage1_feature_names_the_file_and_how_to_rebuild_it(tmp_path, kind):
+    from handsynth.hand1000.trainer import read_mean_feature
+
+    path = tmp_path / "features" / "ok" / "mean.npy"
+    write_bad_feature(path, kind)
+    with pytest.raises(HandsynthError) as caught:
+        read_mean_feature(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a gesture feature: ")
+    assert message.endswith("Rebuild it with `handsynth features --gesture ok` (Stage I)")
+
+
+class LargestCast(torch.overrides.TorchFunctionMode):
+    """Records the most elements of any fp32 tensor that `Tensor.to` converts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.most = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to and args[0].dtype == torch.float32 and not args[0].is_meta:
+            self.most = max(self.most, args[0].numel())
+        return func(*args, **(kwargs or {}))
+
+
+def test_loading_casts_a_block_of_rows_at_a_time_before_moving_it(tmp_path, monkeypatch):
+    """A flat fusion's fp32 weights (14 GB at SD size) never sit whole anywhere on their way to the
+    device in fp16: each block of rows is read, cast on the host, then copied into place."""
+    from handsynth.hand1000 import fusion as fusion_module
+
+    torch.manual_seed(0)
+    fusion = FlatFusion(8, seq_len=5).materialize()  # Linear(40 + 63 -> 40)
+    save_hand1000(tmp_path, fusion, np.zeros(63, np.float32), {"gesture": "call"})
+    block_rows = 7
+    monkeypatch.setattr(fusion_module, "LOAD_BLOCK_BYTES", block_rows * 103 * 4)
+    with LargestCast() as seen:
+        loaded, mean, _ = load_hand1000(tmp_path, dtype=torch.float16)
+    assert 0 < seen.most <= block_rows * 103  # one block of the (40, 103) weight at a time
+    assert loaded.fc.weight.dtype == mean.dtype == torch.float16
+    assert torch.equal(loaded.fc.weight, fusion.fc.weight.detach().half())
+    assert torch.equal(loaded.fc.bias, fusion.fc.bias.detach().half())

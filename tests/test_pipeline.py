@@ -161,3 +161,46 @@ def test_flat_fusion_folder_conditions_as_the_reference(tiny_sd_path, tmp_path):
     fused = (w @ torch.cat([e.flatten(), torch.from_numpy(mean)]) + b).reshape(1, 77, 32)
     d, _ = pipe.encode(PROMPT)
     torch.testing.assert_close(d, 0.3 * fused + 0.7 * e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_latent_x0_is_never_clipped_whatever_the_base_says(pipe, tiny_sd_clip_sample_path, tmp_path):
+    """A base whose scheduler config says clip_sample = true, or does not say it, samples exactly as one
+    that says false. (diffusers' StableDiffusionPipeline resets an explicit true when it is built, but a
+    DDIM built from a config without the key clipped.)"""
+    import shutil
+
+    folder = tmp_path / "clip-sample-base"
+    shutil.copytree(tiny_sd_clip_sample_path, folder)
+    shutil.copytree(pipe.name + "/hand1000", folder / "hand1000")
+    loaded = Hand1000Pipeline.from_pretrained(folder, device="cpu")
+    loaded.sd.set_progress_bar_config(disable=True)
+    assert loaded.sd.scheduler.config.clip_sample is False
+    assert np.array_equal(_generate(loaded, 0), _generate(pipe, 0))
+    # and the setting matters here: DDIM that clips x0 draws another image from the same embeddings
+    clipping = Hand1000Pipeline(loaded.sd, loaded.fusion, loaded.mean_feature, loaded.meta)
+    clipping.sd.scheduler = DDIMScheduler.from_config(loaded.sd.scheduler.config, clip_sample=True)
+    assert np.abs(_generate(clipping, 0) - _generate(pipe, 0)).mean() > 1e-2
+
+
+def test_images_default_to_the_size_the_model_was_trained_at(pipe, tmp_path):
+    """The recorded training resolution; without a record the UNet's sample_size x the VAE factor."""
+    import json
+    import shutil
+
+    assert "resolution" not in pipe.meta
+    unrecorded = pipe("a hand", num_inference_steps=1, output_type="np").images
+    assert unrecorded.shape == (1, 32 * 2, 32 * 2, 3)
+    folder = tmp_path / "trained-at-48"
+    shutil.copytree(pipe.name, folder)
+    meta_path = folder / "hand1000" / "config.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "resolution": 48}))
+    recorded = Hand1000Pipeline.from_pretrained(folder, device="cpu")
+    assert recorded.default_size == 48
+    assert recorded("a hand", num_inference_steps=1, output_type="np").images.shape == (1, 48, 48, 3)
+    assert recorded("a hand", num_inference_steps=1, height=32, output_type="np").images.shape == (
+        1,
+        32,
+        48,
+        3,
+    )

@@ -17,7 +17,14 @@ from handsynth.cli import main as cli_main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000 import trainer as hand1000_trainer
-from handsynth.hand1000.trainer import Hand1000Trainer, read_mean_feature, read_train_items, train_hand1000
+from handsynth.hand1000.trainer import (
+    SCHEDULES,
+    Hand1000Trainer,
+    read_mean_feature,
+    read_train_items,
+    train_hand1000,
+)
+from handsynth.run import check_config
 from handsynth.training import diffusion
 from handsynth.training import trainer as machinery
 from handsynth.training.trainer import NonFiniteLoss
@@ -471,3 +478,95 @@ def test_fusion_stays_the_seeded_random_projection_unless_trained(tiny_sd_path, 
         assert same is not train_fusion, (
             f"train_fusion={train_fusion}: fusion {'changed' if not same else 'did not train'}"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_lambda_trains_or_is_refused_before_any_model_loads(
+    tiny_sd_path, tiny_data, tmp_path, monkeypatch, schedule
+):
+    """λ = 0 and 1 train, with d free or through the fusion; λ = 1 with a trained fusion has no meaning
+    (d = e leaves the fusion out of the loss) and is refused, naming what to set, before a model loads."""
+    dataset, feature = tiny_data
+    settings = dict(schedule=schedule, embedding_steps=2, unet_steps=1, unet_epochs=1, max_images=1)
+    for lam, train_fusion in ((0.0, False), (0.0, True), (1.0, False)):
+        config = tiny_config(tiny_sd_path, model__lam=lam, model__train_fusion=train_fusion, **settings)
+        train_hand1000(config, dataset, feature, tmp_path / f"{lam}-{train_fusion}", GESTURE)
+        log = [
+            json.loads(line)
+            for line in (tmp_path / f"{lam}-{train_fusion}" / "train" / GESTURE / "loss.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        assert [r["stage"] for r in log] == ["embedding", "embedding", "unet"]
+        meta = json.loads(
+            (tmp_path / f"{lam}-{train_fusion}" / "models" / GESTURE / "hand1000" / "config.json").read_text()
+        )
+        assert meta["resolution"] == 64  # the tiny base's 32 latent px x 2
+        assert all(np.isfinite(r["loss"]) for r in log)
+
+    def no_model_may_load(base):
+        raise AssertionError(f"a model was loaded from {base}")
+
+    monkeypatch.setattr(hand1000_trainer, "load_base_models", no_model_may_load)
+    refused = tiny_config(tiny_sd_path, model__lam=1.0, model__train_fusion=True, **settings)
+    with pytest.raises(HandsynthError, match="model.lam = 1 makes d = e.*Set model.train_fusion = false"):
+        train_hand1000(refused, dataset, feature, tmp_path / "refused", GESTURE)
+    with pytest.raises(HandsynthError, match="model.lam = 1 makes d = e"):
+        check_config(refused)  # `handsynth run` refuses it before its first step
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["embedding_lr", "unet_lr"])
+def test_resume_refuses_a_changed_learning_rate(tiny_sd_path, tiny_data, tmp_path, key):
+    """A changed lr was silently ignored: the optimiser state came back with the old one. Now the plan
+    holds both learning rates, beside the resolved precision and optimiser the machinery adds."""
+    import re
+
+    dataset, feature = tiny_data
+    settings = dict(schedule="reference", embedding_steps=2, unet_steps=2, max_images=1)
+    train_hand1000(tiny_config(tiny_sd_path, max_steps=1, **settings), dataset, feature, tmp_path, GESTURE)
+    shared = torch.load(
+        tmp_path / "train" / GESTURE / "checkpoints" / "step-00000001" / "shared.pt", weights_only=False
+    )
+    assert {k: shared["plan"][k] for k in ("embedding_lr", "unet_lr", "mixed_precision", "optimizer")} == {
+        "embedding_lr": 1e-3,
+        "unet_lr": 1e-6,
+        "mixed_precision": "no",
+        "optimizer": "adam",
+    }
+    changed = tiny_config(tiny_sd_path, init_from="resume", **{key: 2e-3}, **settings)
+    old = shared["plan"][key]
+    with pytest.raises(HandsynthError, match=re.escape(f"different run setup ({key}: {old!r} -> 0.002)")):
+        train_hand1000(changed, dataset, feature, tmp_path, GESTURE)
+
+
+@pytest.mark.slow
+def test_an_untrained_fusion_is_rebuilt_from_the_seed_not_checkpointed(tiny_sd_path, tiny_data, tmp_path):
+    """The reference's flat fusion never trains: checkpoints leave it out (14 GB at SD size) and a
+    resumed run rebuilds it from run.seed, ending bit-identical; a trained fusion is checkpointed."""
+    dataset, feature = tiny_data
+    settings = dict(schedule="reference", embedding_steps=2, unet_steps=2, max_images=1, model__fusion="flat")
+    untrained = dict(settings, model__train_fusion=False)
+    straight = train_hand1000(
+        tiny_config(tiny_sd_path, **untrained), dataset, feature, tmp_path / "a", GESTURE
+    )
+    train_hand1000(
+        tiny_config(tiny_sd_path, max_steps=3, **untrained), dataset, feature, tmp_path / "b", GESTURE
+    )
+    checkpoint = tmp_path / "b" / "train" / GESTURE / "checkpoints" / "step-00000003" / "shared.pt"
+    assert set(torch.load(checkpoint, weights_only=False)["weights"]) == {"unet"}
+    resumed = train_hand1000(
+        tiny_config(tiny_sd_path, init_from="resume", **untrained), dataset, feature, tmp_path / "b", GESTURE
+    )
+    for part in ("unet/diffusion_pytorch_model.safetensors", "hand1000/fusion.safetensors"):
+        a, b = load_file(str(straight / part)), load_file(str(resumed / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+    trained = dict(settings, model__train_fusion=True)
+    train_hand1000(
+        tiny_config(tiny_sd_path, max_steps=1, **trained), dataset, feature, tmp_path / "c", GESTURE
+    )
+    checkpoint = tmp_path / "c" / "train" / GESTURE / "checkpoints" / "step-00000001" / "shared.pt"
+    assert set(torch.load(checkpoint, weights_only=False)["weights"]) == {"unet", "fusion"}

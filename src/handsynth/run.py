@@ -116,6 +116,9 @@ def check_config(config: Config) -> None:
         raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
     for gesture in config.data.gestures:
         check_gesture(gesture)
+    from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
+
+    check_train_settings(config)
 
 
 def run_pipeline(config: Config) -> Path:
@@ -155,7 +158,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.config is None:
         raise HandsynthError(
-            "`handsynth run` needs --config: start from configs/paper.toml, or try `handsynth demo`"
+            "`handsynth run` needs --config: start from configs/hand1000.toml, or try `handsynth demo`"
         )
     run_pipeline(config_from_args(args))
     return 0

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from handsynth import files
 from handsynth.config import Config, add_config_arguments, comma_list, config_from_args, save_config
+from handsynth.data.gestures import PHRASE_TEMPLATES
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics
 
@@ -65,14 +66,24 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
     A samples folder: `<source>/<gesture>/records.jsonl`, or without a gesture every
     `<source>/*/records.jsonl` (prompts known; records whose file is missing are skipped and logged).
     Any other folder: every image under it (or under its `images/`), prompts unknown.
+    A named gesture takes only `<source>/<gesture>/` when `<source>` holds per-gesture folders: when
+    that one is missing, the other gestures' samples are not used in its place; it is an error.
     """
     source = Path(source)
-    if gesture and (source / gesture / "records.jsonl").is_file():
-        folders = [source / gesture]
-    elif (source / "records.jsonl").is_file():
+    if gesture and (source / gesture).is_dir():
+        source = source / gesture
+    if (source / "records.jsonl").is_file():
         folders = [source]
     else:
         folders = sorted(p.parent for p in source.glob("*/records.jsonl"))
+        if gesture:
+            named = {p.name for p in source.glob("*") if p.is_dir() and p.name in PHRASE_TEMPLATES}
+            if others := sorted({f.name for f in folders} | named):
+                raise HandsynthError(
+                    f"{source} has no samples of gesture '{gesture}' (no folder {source / gesture}); it has "
+                    f"samples of: {', '.join(others)}. Make them with `handsynth generate --gesture "
+                    f"{gesture}`, or pass --generated the folder that holds that gesture's samples"
+                )
     if folders:
         paths: list[Path] = []
         prompts: list[str] | None = []
@@ -107,6 +118,7 @@ def _crop_features(
         "crop": ev.hand_crop,
         "margin": ev.hand_crop_margin,
         "preprocess": ev.preprocess,
+        "input_norm": model.input_norm,
         "feature_dim": model.feature_dim,
         "variant": model.variant,
         "weights": weights_tag,
@@ -222,9 +234,11 @@ def evaluate(
 
     if wanted & INCEPTION_METRICS:
         weights = inception.resolve_weights(ev.inception_weights or None)
-        model = inception.load_inception(weights, ev.feature_dim, ev.preprocess, device)
+        model = inception.load_inception(weights, ev.feature_dim, device)
         tag = inception.weights_tag(weights)
-        report["settings"].update(inception_weights=str(weights), inception_variant=model.variant)
+        report["settings"].update(
+            inception_weights=str(weights), inception_variant=model.variant, input_norm=model.input_norm
+        )
         if wanted & {"fid", "kid"}:
             real_f = inception.cached_features(
                 model, real_paths, cache_dir, ev.preprocess, ev.batch_size, tag, "real features"
@@ -422,7 +436,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--preprocess",
         dest="evaluate.preprocess",
         choices=inception.PREPROCESS_MODES,
-        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop+ImageNet norm, Hand1000)",
+        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop, as the Hand1000 scripts); "
+        "the input normalisation follows the weights",
     )
     parser.add_argument(
         "--feature-dim",

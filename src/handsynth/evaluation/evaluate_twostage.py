@@ -312,7 +312,7 @@ def evaluate_twostage(
 
     if {"fid", "kid", "fid_fg", "kid_fg"} & set(wanted):
         weights = inception.resolve_weights(ev.inception_weights or None)
-        model = inception.load_inception(weights, max(dims), ev.preprocess, device)
+        model = inception.load_inception(weights, max(dims), device)
         report["settings"].update(inception_weights=str(weights), inception_variant=model.variant)
         if {"fid", "kid"} & set(wanted):
             cache_dir = Path(ev.cache_dir or Path(config.run.output_dir) / "cache")

@@ -41,6 +41,7 @@ PREPROCESS_MODES = ("clean", "reference")
 IMAGE_SIZE = 299
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMS = {"fid": "fid", "torchvision": "imagenet"}  # variant -> the input it was trained on
 
 
 class BasicConv2d(nn.Module):
@@ -339,12 +340,13 @@ def weights_tag(path: Path) -> str:
 
 
 def load_inception(
-    weights: str | os.PathLike | None = None,
-    feature_dim: int = 2048,
-    preprocess: str = "clean",
-    device: str | torch.device = "cpu",
+    weights: str | os.PathLike | None = None, feature_dim: int = 2048, device: str | torch.device = "cpu"
 ) -> InceptionV3:
-    """The network with the weights file's weights; the variant (fid/torchvision) comes from its keys."""
+    """The network with the weights file's weights; the variant (fid/torchvision) comes from its keys.
+
+    The input normalisation follows the variant, whatever the preprocessing: the TF-FID network was
+    trained on 2x−1, torchvision's on ImageNet normalisation (which its transform_input turns into 2x−1).
+    """
     path = resolve_weights(weights)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -355,7 +357,7 @@ def load_inception(
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise HandsynthError(f"{path} is not an Inception-v3 state_dict (no 'fc.weight' key)")
     variant = "torchvision" if state["fc.weight"].shape[0] == 1000 else "fid"
-    model = InceptionV3(feature_dim, variant=variant, input_norm=input_norm_for(preprocess))
+    model = InceptionV3(feature_dim, variant=variant, input_norm=INPUT_NORMS[variant])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -365,11 +367,6 @@ def load_inception(
         ) from None
     log.info("Inception-v3 (%s weights) from %s, %d-d features", variant, path, feature_dim)
     return model.to(device)
-
-
-def input_norm_for(preprocess: str) -> str:
-    check_preprocess(preprocess)
-    return "fid" if preprocess == "clean" else "imagenet"
 
 
 def check_preprocess(mode: str) -> None:
@@ -502,12 +499,14 @@ def cached_features(
 ) -> dict[str, np.ndarray]:
     """Features and their statistics for `paths`, read from / written to an .npz in `cache_dir`.
 
-    The cache key covers the file list, each file's size and mtime, the preprocessing, the tap and
-    `weights_tag` (name the weights file), so a changed set or setting is never served stale.
+    The cache key covers the file list, each file's size and mtime, the preprocessing, the input
+    normalisation, the tap and `weights_tag` (name the weights file), so a changed set or setting is
+    never served stale.
     Returns {'features', 'mu', 'sigma', 'used' (indices into paths)}.
     """
     settings = {
         "preprocess": preprocess,
+        "input_norm": model.input_norm,
         "feature_dim": model.feature_dim,
         "variant": model.variant,
         "weights": weights_tag,
@@ -541,12 +540,13 @@ def cached_tap_features(
     """`extract_tap_features` of `paths` (or of `images`, made from `paths` as `images_tag` names, e.g.
     with the background removed), read from / written to an .npz in `cache_dir`.
 
-    The key covers the files, the taps, the preprocessing, `weights_tag` and `images_tag`, as in
-    `cached_features`. Returns ({dim: features}, indices of the images used).
+    The key covers the files, the taps, the preprocessing, the input normalisation, `weights_tag` and
+    `images_tag`, as in `cached_features`. Returns ({dim: features}, indices of the images used).
     """
     dims = sorted(set(dims))
     settings = {
         "preprocess": preprocess,
+        "input_norm": model.input_norm,
         "taps": dims,
         "variant": model.variant,
         "weights": weights_tag,

@@ -336,7 +336,8 @@ def hand_crops(
 def gesture_accuracy(
     images: Sequence[str | os.PathLike], targets: str | Sequence[str], desc: str = "gesture accuracy"
 ) -> dict:
-    """Share of images whose first hand the landmark classifier labels as the target gesture.
+    """Share of images the landmark classifier reads as the target gesture (from up to two hands: hands
+    that touch make a two-hand gesture, which is none of the targets).
 
     Images with no hand count as wrong (label 'unknown'); unreadable ones are left out and listed.
     `confusion[target][label]` counts every label given per target.

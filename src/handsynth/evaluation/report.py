@@ -38,7 +38,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 _TINY_NOTE = (
     '<p class="note"><b>Embedded default:</b> this run used tiny random-weight models (handsynth demo), '
     "so generated images are noise and the metrics only show that every stage ran. Run "
-    "<code>handsynth run --config configs/paper.toml</code> with real weights for real numbers.</p>"
+    "<code>handsynth run --config configs/hand1000.toml</code> with real weights for real numbers.</p>"
 )
 
 

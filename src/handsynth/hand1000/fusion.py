@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from handsynth import files
@@ -34,6 +35,8 @@ FEATURE_DIM = 63  # 21 MediaPipe landmarks x (x, y, z)
 SEQ_LEN = 77  # CLIP's context length
 FUSION_KINDS = ("token", "flat")
 HAND1000_DIR = "hand1000"
+NPY_MAGIC = b"\x93NUMPY"
+LOAD_BLOCK_BYTES = 16 * 2**20  # what a load reads and casts at a time
 
 
 def _feature_batch(f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -192,6 +195,63 @@ def read_hand1000_config(folder: str | Path) -> dict[str, Any]:
     return json.loads((part / "config.json").read_text(encoding="utf-8"))
 
 
+def read_feature_file(path: str | Path, rebuild: str, feature_dim: int = FEATURE_DIM) -> np.ndarray:
+    """The (feature_dim,) float32 gesture feature in an .npy file; anything else (text, a pickle, an
+    .npz, another shape, NaN) is an error naming the file, with `rebuild`: how to make it again."""
+    path = Path(path)
+    problem = ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+        # no pickles: a feature file holds numbers only, and unpickling runs code
+        value = np.load(path, allow_pickle=False) if head == NPY_MAGIC else None
+    except (ValueError, OSError, EOFError) as exc:
+        problem = f"numpy cannot read it ({exc})"
+    else:
+        if value is None:
+            problem = "it is an .npz archive" if head.startswith(b"PK") else "it is not an .npy file"
+        elif value.dtype.kind not in "fiu":
+            problem = f"it holds {value.dtype} values"
+        elif value.shape != (feature_dim,):
+            problem = f"its shape is {value.shape}"
+        elif not np.isfinite(value).all():
+            problem = "it holds NaN or inf"
+    if problem:
+        raise HandsynthError(
+            f"{path} is not a gesture feature: {problem}; it must hold {feature_dim} finite numbers. "
+            + rebuild
+        )
+    return value.astype(np.float32)
+
+
+def load_cast(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on `device` in `dtype`, moved a block of rows at a time.
+
+    Each block is read through its own mapping of the file (closed after it, so the file's pages do not
+    pile up in the process), cast on the host, then copied into place: the host holds about one block
+    (LOAD_BLOCK_BYTES), and the device never holds the file's fp32 (a flat fusion is 14 GB in fp32,
+    7 GB in fp16).
+    """
+    path = str(path)
+    with safe_open(path, framework="pt", device="cpu") as f:
+        shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
+        row_bytes = {name: f.get_slice(name)[0:1].nbytes if shape else 0 for name, shape in shapes.items()}
+    state = {}
+    for name, shape in shapes.items():
+        if not shape:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                state[name] = f.get_tensor(name).to(device, dtype)
+            continue
+        out = torch.empty(shape, dtype=dtype, device=device)
+        rows = max(1, LOAD_BLOCK_BYTES // max(1, row_bytes[name]))
+        for start in range(0, shape[0], rows):
+            stop = min(start + rows, shape[0])  # safetensors slices do not clip at the end
+            with safe_open(path, framework="pt", device="cpu") as f:
+                out[start:stop] = f.get_slice(name)[start:stop].to(dtype)
+        state[name] = out
+    return state
+
+
 def load_hand1000(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[TokenFusion | FlatFusion, torch.Tensor, dict[str, Any]]:
@@ -199,7 +259,7 @@ def load_hand1000(
     meta = read_hand1000_config(folder)
     part = Path(folder) / HAND1000_DIR
     fusion = build_fusion(meta["fusion"], meta["text_dim"], meta["seq_len"], meta["feature_dim"])
-    state = load_file(str(part / "fusion.safetensors"), device=str(device))
+    state = load_cast(part / "fusion.safetensors", device, dtype)
     try:
         # assign=True swaps the meta tensors of a flat fusion for the loaded ones, with no extra copy.
         fusion.load_state_dict(state, assign=True)
@@ -207,11 +267,11 @@ def load_hand1000(
         raise HandsynthError(
             f"{part / 'fusion.safetensors'} does not match {part / 'config.json'}: {exc}"
         ) from None
-    fusion.to(device=device, dtype=dtype).eval()
-    mean_feature = np.load(part / "mean_feature.npy")
-    if mean_feature.shape != (fusion.feature_dim,) or not np.isfinite(mean_feature).all():
-        raise HandsynthError(
-            f"{part / 'mean_feature.npy'} must hold {fusion.feature_dim} finite numbers, "
-            f"got shape {mean_feature.shape}"
-        )
+    fusion.eval()
+    mean_feature = read_feature_file(
+        part / "mean_feature.npy",
+        f"Copy the Stage I mean.npy of gesture '{meta.get('gesture')}' (`handsynth features`) over it, "
+        "or train the model again with `handsynth train`",
+        fusion.feature_dim,
+    )
     return fusion, torch.from_numpy(mean_feature).to(device=device, dtype=dtype), meta

@@ -24,6 +24,12 @@ from handsynth.hub import resolve_device
 log = logging.getLogger(__name__)
 
 
+def ddim_scheduler(scheduler_config: Any) -> DDIMScheduler:
+    """Hand1000's sampler: DDIM on the base model's noise schedule, with the predicted x0 never clipped
+    to [−1, 1] (a pixel-space setting: SD latents leave that range), whatever the base's config says."""
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+
+
 def resolve_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:
     """`None`: fp16 on a GPU (the reference's inference precision), fp32 on the CPU."""
     if dtype is not None:
@@ -63,9 +69,8 @@ class Hand1000Pipeline:
         meta: dict[str, Any],
         name: str = "",
     ) -> None:
-        if not isinstance(sd.scheduler, DDIMScheduler):
-            # SD v1.4 ships a PNDM scheduler; Hand1000 samples with DDIM on the same noise schedule.
-            sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+        # SD v1.4 ships a PNDM scheduler; Hand1000 samples with DDIM on the same noise schedule.
+        sd.scheduler = ddim_scheduler(sd.scheduler.config)
         self.sd, self.fusion, self.mean_feature, self.meta, self.name = sd, fusion, mean_feature, meta, name
 
     @classmethod
@@ -107,6 +112,14 @@ class Hand1000Pipeline:
     def default_mu(self) -> float:
         return float(self.meta.get("mu", 0.7))
 
+    @property
+    def default_size(self) -> int:
+        """The resolution the model was trained at (`hand1000/config.json`); without that record, the
+        UNet's sample_size times the VAE's scale factor, as diffusers defaults."""
+        if self.meta.get("resolution"):
+            return int(self.meta["resolution"])
+        return self.sd.unet.config.sample_size * self.sd.vae_scale_factor
+
     @torch.no_grad()
     def encode(
         self, prompt: str | list[str], mu: float | None = None, guidance: bool = True
@@ -127,22 +140,25 @@ class Hand1000Pipeline:
         mu: float | None = None,
         num_inference_steps: int = 45,
         guidance_scale: float = 3.0,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         **kwargs: Any,
     ) -> StableDiffusionPipelineOutput:
-        """Images for `prompt` (one or a list); extra keyword arguments go to StableDiffusionPipeline."""
+        """Images for `prompt` (one or a list); extra keyword arguments go to StableDiffusionPipeline.
+
+        `height` and `width` default to `default_size`, the resolution the model was trained at.
+        """
         d, uncond = self.encode(prompt, mu, guidance=guidance_scale > 1.0)
         return self.sd(
             prompt_embeds=d,
             negative_prompt_embeds=uncond,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=height,
-            width=width,
+            height=self.default_size if height is None else height,
+            width=self.default_size if width is None else width,
             num_images_per_prompt=num_images_per_prompt,
             eta=0.0,
             generator=generator,

@@ -47,7 +47,13 @@ from handsynth.config import Config, add_config_arguments, config_from_args
 from handsynth.data.gestures import check_gesture, gesture_phrase
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
-from handsynth.hand1000.fusion import FEATURE_DIM, FlatFusion, build_fusion, double_fuse, save_hand1000
+from handsynth.hand1000.fusion import (
+    FlatFusion,
+    build_fusion,
+    double_fuse,
+    read_feature_file,
+    save_hand1000,
+)
 from handsynth.training.diffusion import (
     BaseModels,
     diffusion_loss,
@@ -125,13 +131,12 @@ def read_train_items(dataset_dir: str | Path, gesture: str, max_images: int = 0)
 
 
 def read_mean_feature(path: str | Path) -> np.ndarray:
+    """The Stage I mean feature `<features>/<gesture>/mean.npy`."""
     path = Path(path)
     if not path.is_file():
         raise HandsynthError(f"no gesture feature at {path}; run `handsynth features` (Stage I) first")
-    feature = np.load(path).astype(np.float32)
-    if feature.shape != (FEATURE_DIM,) or not np.isfinite(feature).all():
-        raise HandsynthError(f"{path} must hold {FEATURE_DIM} finite numbers, got shape {feature.shape}")
-    return feature
+    gesture = path.parent.name
+    return read_feature_file(path, f"Rebuild it with `handsynth features --gesture {gesture}` (Stage I)")
 
 
 def image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
@@ -235,6 +240,10 @@ class Hand1000Trainer(Trainer):
     # --- what the machinery checkpoints
 
     def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        # An untrained fusion is the seeded random projection that __init__ rebuilds from run.seed on a
+        # resume, so it is not saved again at every checkpoint (a flat one is 14 GB).
+        if not self.config.model.train_fusion:
+            return {"unet": self.trainable}
         return {"unet": self.trainable, "fusion": self.fusion_plain.state_dict()}
 
     def shared_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -330,8 +339,10 @@ class Hand1000Trainer(Trainer):
         """Images from the first training captions, sampled as at inference, seeded."""
         if not self.validation_captions:
             return None
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
         from diffusers.utils import make_image_grid
+
+        from handsynth.hand1000.pipeline import ddim_scheduler
 
         gen = self.config.generate
         pipe = StableDiffusionPipeline(
@@ -339,7 +350,7 @@ class Hand1000Trainer(Trainer):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.acc.unwrap_model(self.unet),
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            scheduler=ddim_scheduler(self.noise_scheduler.config),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -484,7 +495,8 @@ def schedule_steps(train: Any, n_items: int, n_images: int, world: int) -> int:
     )
 
 
-def _check_train_settings(config: Config) -> None:
+def check_train_settings(config: Config) -> None:
+    """The `[train]` and `[model]` keys Stages II and III read, checked before any model loads."""
     check_settings(config)
     train = config.train
     if train.schedule not in SCHEDULES:
@@ -495,6 +507,13 @@ def _check_train_settings(config: Config) -> None:
         raise HandsynthError("the batched schedule needs train.embedding_steps >= 1")
     if not 0.0 <= config.model.lam <= 1.0:
         raise HandsynthError(f"model.lam must be in [0, 1], got {config.model.lam}")
+    if config.model.lam == 1.0 and config.model.train_fusion:
+        # d = 1·e + 0·fc(e, f) = e: the fusion never reaches the loss, so it has no gradient to train on.
+        raise HandsynthError(
+            "model.lam = 1 makes d = e, so the fusion takes no part in training and model.train_fusion = "
+            "true has nothing to train. Set model.train_fusion = false (Stage II then optimises d itself, "
+            "as the official code does), or a model.lam below 1"
+        )
 
 
 def train_hand1000(
@@ -513,7 +532,7 @@ def train_hand1000(
     from accelerate.utils import set_seed
 
     check_gesture(gesture)
-    _check_train_settings(config)
+    check_train_settings(config)
     config = resolve_auto_settings(config)
     train = config.train
     out_dir = Path(out_dir)
@@ -536,7 +555,9 @@ def train_hand1000(
         "gesture": gesture,
         "schedule": train.schedule,
         "embedding_steps": train.embedding_steps,
+        "embedding_lr": train.embedding_lr,
         "unet_steps": train.unet_steps,
+        "unet_lr": train.unet_lr,
         "unet_epochs": train.unet_epochs,
         "batch_size": train.batch_size,
         "processes": world,
@@ -576,6 +597,7 @@ def train_hand1000(
         "steps": trainer.step,
         "total_steps": total,
         "images": len(items),
+        "resolution": trainer.resolution,  # Hand1000Pipeline draws at this size unless told otherwise
     }
     if train.lora_rank > 0:
         meta["lora"] = "hand1000/lora"
