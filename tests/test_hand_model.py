@@ -51,7 +51,9 @@ def unet_inputs(batch: int = 2, latent: int = 32, text_dim: int = 32, seed: int 
     )
 
 
-def test_widening_keeps_the_pretrained_weights_and_bias_and_with_zero_condition_the_output(tiny_unet, tmp_path):
+def test_widening_keeps_the_pretrained_weights_and_bias_and_with_zero_condition_the_output(
+    tiny_unet, tmp_path
+):
     original = copy.deepcopy(tiny_unet)
     old = original.conv_in
     widened = widen_conv_in(tiny_unet, generator=torch.Generator().manual_seed(0))
@@ -86,7 +88,9 @@ def test_a_unet_that_does_not_take_4_channels_is_refused(tiny_unet):
         widen_conv_in(tiny_unet)
 
 
-def test_the_mask_head_reads_the_last_upsampler_input_and_outputs_image_resolution_on_the_tiny_model(tiny_unet):
+def test_the_mask_head_reads_the_last_upsampler_input_and_outputs_image_resolution_on_the_tiny_model(
+    tiny_unet,
+):
     unet = widen_conv_in(tiny_unet)
     head = build_mask_head(unet, vae_scale=2)  # the tiny VAE halves: 64 px images, 32² latents
     layers = list(head.layers)

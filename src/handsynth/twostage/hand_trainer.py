@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -202,7 +203,7 @@ class HandgenTrainer(Trainer):
         self.acc.wait_for_everyone()
 
 
-def crop_keypoints_at(item: HandItem, resolution: int) -> Any:
+def crop_keypoints_at(item: HandItem, resolution: int) -> np.ndarray:
     """The item's keypoints moved from its crop's pixels to a `resolution`-px image."""
     with Image.open(item.image) as image:
         scale = resolution / image.width
