@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "handsynth.hand1000.features",
     "handsynth.evaluation.evaluate",
     "handsynth.twostage.commands",
+    "handsynth.twostage.handgen_cli",
 ]
 
 

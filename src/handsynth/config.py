@@ -128,8 +128,11 @@ class HandgenSection:
     lr: float = 1e-5
     batch_size: int = 32
     epochs: int = 5
+    resolution: int = 0  # training resolution in px; 0: the base model's (512 for SD 1.5)
     steps: int = 50  # DDIM steps at inference
     guidance: float = 7.5
+    size: int = 0  # `handgen generate` image side in px; 0: the model's training resolution
+    sample_batch_size: int = 4  # hands per batch in `handgen generate`
 
 
 @dataclass
