@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "handsynth.data.dataset",
     "handsynth.hand1000.features",
     "handsynth.evaluation.evaluate",
+    "handsynth.twostage.outpaint_trainer",
 ]
 
 

@@ -182,6 +182,13 @@ def masked_pixels(canvas: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     return canvas * keep
 
 
+@torch.no_grad()
+def encode_mean(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior's mean, scaled: the canvas latents are inputs, fixed rather than sampled."""
+    latent = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+    return latent * vae.config.scaling_factor
+
+
 def mask_input(latent_masks: np.ndarray) -> torch.Tensor:
     """(B, h, w) bool hand masks at latent size -> the UNet's (B, 1, h, w) mask channel, 1 = paint."""
     return 1.0 - torch.from_numpy(np.asarray(latent_masks, dtype=np.float32))[:, None]

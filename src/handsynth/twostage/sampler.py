@@ -21,6 +21,7 @@ from handsynth.twostage.canvas import latent_mask
 from handsynth.twostage.outpaint_models import (
     OutpaintModels,
     condition_pixels,
+    encode_mean,
     mask_input,
     masked_pixels,
     pixels,
@@ -53,13 +54,6 @@ def decode(models: OutpaintModels, latents: torch.Tensor) -> np.ndarray:
     image = models.vae.decode(latents / models.vae.config.scaling_factor).sample[0]
     image = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return image.permute(1, 2, 0).cpu().numpy()
-
-
-@torch.no_grad()
-def encode(models: OutpaintModels, images: torch.Tensor) -> torch.Tensor:
-    """The VAE posterior's mean, scaled: the canvas latents are fixed, not sampled."""
-    latent = models.vae.encode(images.to(models.device, models.dtype)).latent_dist.mode()
-    return latent * models.vae.config.scaling_factor
 
 
 @torch.no_grad()
@@ -115,14 +109,14 @@ def outpaint(
         (1, 4, height // scale, width // scale), generator=generator, device=device, dtype=dtype
     )
     canvas_pixels = pixels(canvas[None])
-    known = encode(models, canvas_pixels)
-    hand = torch.from_numpy(latent_mask(canvas_mask, scale)[None, None]).to(device, dtype)
+    known = encode_mean(models.vae, canvas_pixels)
+    hand_latent = latent_mask(canvas_mask, scale)[None]
+    hand = torch.from_numpy(hand_latent[None]).to(device, dtype)
     paint_mask = masked_latents = None
     if models.inpainting:
-        paint_mask = (
-            mask_input(latent_mask(canvas_mask, scale)[None]).to(device, dtype).repeat(copies, 1, 1, 1)
-        )
-        masked_latents = encode(models, masked_pixels(canvas_pixels, canvas_mask)).repeat(copies, 1, 1, 1)
+        paint_mask = mask_input(hand_latent).to(device, dtype).repeat(copies, 1, 1, 1)
+        masked_latents = encode_mean(models.vae, masked_pixels(canvas_pixels, canvas_mask))
+        masked_latents = masked_latents.repeat(copies, 1, 1, 1)
     control = condition_pixels(condition[None]).to(device, dtype).repeat(copies, 1, 1, 1)
     squares = None if box is None else torch.from_numpy(latent_mask(box, scale)[None, None]).to(device, dtype)
     masks = blend_masks(hand, steps, blending, unmasked_steps, squares)
