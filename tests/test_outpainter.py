@@ -85,6 +85,11 @@ def test_stage2_is_deterministic_for_a_seed_and_pinned(outpainter, pose, canvas)
 
 def test_the_paste_puts_back_every_canvas_pixel_inside_m_c_exactly(outpainter, pose, canvas):
     result = run(outpainter, pose, canvas)
+    strip = result.strip(masks=2)  # canvas, m_c, condition, 2 blend masks, 2 previews, decoded, image
+    assert strip.shape == (SIZE, 9 * SIZE, 3)
+    np.testing.assert_array_equal(strip[:, :SIZE], canvas.image)
+    np.testing.assert_array_equal(strip[::2, 3 * SIZE : 4 * SIZE : 2, 0] > 0, result.blend_masks[1])
+    np.testing.assert_array_equal(strip[:, -SIZE:], result.image)
     inside = canvas.mask
     np.testing.assert_array_equal(result.image[inside], canvas.image[inside])
     np.testing.assert_array_equal(result.image[~inside], result.decoded[~inside])

@@ -41,6 +41,18 @@ class OutpaintResult:
     previews: dict[int, np.ndarray] = field(default_factory=dict)  # step -> decoded x0 prediction
     settings: dict = field(default_factory=dict)
 
+    def strip(self, masks: int = 4) -> np.ndarray:
+        """(H, k·W, 3) uint8 for a report: canvas | m_c | condition | up to `masks` blend masks, evenly
+        spread over the masked steps and shown at image size | each preview | decoded | final image."""
+        height, width = self.canvas_mask.shape
+        masked = [m for m in self.blend_masks if m.any()]
+        chosen = [masked[i] for i in preview_steps(len(masked), masks)]
+        factor = height // self.blend_masks[0].shape[0]
+        shown = [self.canvas_mask] + [np.kron(m, np.ones((factor, factor), dtype=bool)) for m in chosen]
+        gray = [np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2) for m in shown]
+        panels = [self.canvas, gray[0], self.condition, *gray[1:], *self.previews.values(), self.decoded]
+        return np.concatenate([*panels, self.image], axis=1)
+
 
 def preview_steps(steps: int, count: int) -> list[int]:
     """`count` evenly spaced step indices ending with the last: 11, 24, 37, 49 for 4 of 50."""
