@@ -244,3 +244,11 @@ def test_bad_rows_are_skipped_with_a_warning_and_bad_settings_refused(config_for
         train_outpainter(config_for(tmp_path, outpaint__skeleton="stick"), data_dir)
     with pytest.raises(HandsynthError, match="the UNet of 'hand-generator' reads 15 channels"):
         check_unet(SimpleNamespace(config=SimpleNamespace(in_channels=15)), "hand-generator")
+
+
+def test_a_plain_4_channel_base_trains_too(tiny_sd_path, tiny_controlnet_path, data_dir, tmp_path):
+    config = tiny_config(tiny_sd_path, tiny_controlnet_path, tmp_path, outpaint__epochs=1)
+    folder = train_outpainter(config, data_dir)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "train" / "outpaint" / "loss.jsonl").open()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert json.loads((folder / LORA_META).read_text())["base"] == str(tiny_sd_path)

@@ -49,10 +49,6 @@ class OutpaintModels:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
-    def resolution(self) -> int:
-        return self.unet.config.sample_size * self.vae_scale
-
-    @property
     def inpainting(self) -> bool:
         """True for a 9-channel inpainting UNet, False for a plain 4-channel one."""
         return self.unet.config.in_channels == 9

@@ -53,6 +53,7 @@ from handsynth.training.trainer import (
     make_accelerator,
     resolve_auto_settings,
 )
+from handsynth.twostage.blending import check_blend_settings
 from handsynth.twostage.canvas import canvas_from_mask, latent_mask
 from handsynth.twostage.outpaint_models import (
     LORA_TARGETS,
@@ -156,7 +157,6 @@ class Example:
     canvas: np.ndarray  # (R, R, 3) uint8: the hands on the uniform background
     mask: np.ndarray  # (R, R) bool
     condition: np.ndarray  # (R, R, 3) uint8 OpenPose image
-    pose: np.ndarray  # (133, 3) at R
 
 
 def load_example(item: OutpaintItem, resolution: int, background: int, skeleton: str) -> Example:
@@ -173,7 +173,7 @@ def load_example(item: OutpaintItem, resolution: int, background: int, skeleton:
     pose[:, :2] *= resolution / item.size
     canvas = canvas_from_mask(image, mask, background)
     condition = draw_openpose(pose, resolution, resolution, skeleton)
-    return Example(image, canvas.image, canvas.mask, condition, pose)
+    return Example(image, canvas.image, canvas.mask, condition)
 
 
 # -------------------------------------------------------------------------------------- trainer
@@ -281,11 +281,13 @@ class OutpaintTrainer(Trainer):
         examples = [load_example(i, self.resolution, settings.background, settings.skeleton) for i in items]
         keys = [item.key for item in items]
         images = pixels(np.stack([e.image for e in examples]))
-        canvases = pixels(np.stack([e.canvas for e in examples]))
         masks = np.stack([e.mask for e in examples])
         latents = encode_images(self.vae, images, self.generator)
         paint = mask_input(np.stack([latent_mask(m, self.vae_scale) for m in masks])).to(device)
-        masked_latents = encode_mean(self.vae, masked_pixels(canvases, masks)).float()
+        masked_latents = None
+        if self.unet.config.in_channels == 9:  # a plain UNet sees the mask only through the loss
+            canvases = pixels(np.stack([e.canvas for e in examples]))
+            masked_latents = encode_mean(self.vae, masked_pixels(canvases, masks)).float()
         condition = condition_pixels(np.stack([e.condition for e in examples])).to(device, self.weight_dtype)
         embeddings = encode_text(self.tokenizer, self.text_encoder, [item.caption for item in items])
         timesteps, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
@@ -331,6 +333,7 @@ def check_outpaint_settings(config: Config) -> None:
         )
     if not 0 <= settings.background <= 255:
         raise HandsynthError(f"outpaint.background is a grey level in 0-255, got {settings.background}")
+    check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
 
 
 def default_data_dir(config: Config) -> Path:
