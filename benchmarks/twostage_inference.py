@@ -19,10 +19,11 @@ Time (measured): one process holds all sides and runs them round-robin, `--round
 warm-up, and each side's best counts, so a load change on a shared machine hits every side alike.
 In that process the 9- and 15-channel UNets share the 4-channel UNet's layers except conv_in (random
 weights either way; the arithmetic is the same). Memory (measured): each side once more in a fresh
-process with its own models: peak RSS (ru_maxrss) minus the RSS before the models were built, so it
-counts weights, activations and allocator slack; on CUDA, torch.cuda.max_memory_allocated. Memory
-(computed): the bytes of the parameters each side holds. On CUDA, `--offload` moves the hand stage's UNet
-back to the CPU with accelerate's offload hook once its crops are made, so only one UNet is resident.
+process with its own models: the peak RSS while it makes one image (the kernel's VmHWM, reset once
+the models are built) minus the RSS before the models were built, so it counts weights, activations
+and allocator slack; on CUDA, torch.cuda.max_memory_allocated. Memory (computed): the bytes of the
+parameters each side holds. On CUDA, `--offload` moves the hand stage's UNet back to the CPU with
+accelerate's offload hook once its crops are made, so only one UNet is resident.
 
     python benchmarks/twostage_inference.py [--size 128] [--crop-size 128] [--steps 5] [--rounds 2]
                                             [--device cpu|cuda] [--dtype float32] [--offload]
@@ -31,8 +32,8 @@ back to the CPU with accelerate's offload hook once its crops are made, so only 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -333,24 +334,38 @@ def time_worker(args: argparse.Namespace) -> dict:
 
 
 def memory_worker(args: argparse.Namespace) -> dict:
-    """One side with its own models: what it holds at its peak, one image after building."""
+    """One side with its own models: the memory it holds while making one image.
+
+    On CPU the kernel's peak-RSS mark is reset once the models are built (and cast), so a build in
+    fp32 before a cast to bf16 does not count; the figure is that peak minus the RSS before building.
+    """
     device, dtype = args.device, DTYPES[args.dtype]
     before = psutil.Process().memory_info().rss
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     parts = base_parts(baseline_unet=args.side == "controlnet", share_unet_trunk=False)
     run, models = BUILDERS[args.side](parts, args, device, dtype)
+    gc.collect()
+    resident = psutil.Process().memory_info().rss
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS (Linux)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     run(0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_rss()
     row = {
-        "rss_before_mib": before / 2**20,
-        "peak_rss_mib": peak / 2**20,
-        "peak_rss_above_start_mib": (peak - before) / 2**20,
+        "rss_before_build_mib": before / 2**20,
+        "rss_built_mib": (resident - before) / 2**20,
+        "peak_rss_running_mib": (peak - before) / 2**20,
         "parameter_mib": parameter_bytes(*models) / 2**20,
     }
     if device == "cuda":
         row["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return row
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -411,7 +426,7 @@ def main() -> None:
         print(f"memory: {side} in a fresh process", flush=True)
         memory[side] = child(args, "memory", side)
     best = {side: min(timing["seconds"][side]) for side in SIDES}
-    key = "cuda_peak_mib" if args.device == "cuda" else "peak_rss_above_start_mib"
+    key = "cuda_peak_mib" if args.device == "cuda" else "peak_rss_running_mib"
     report = {
         "settings": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "measured": {
@@ -421,7 +436,9 @@ def main() -> None:
             "memory": {
                 side: {k: v for k, v in row.items() if k != "parameter_mib"} for side, row in memory.items()
             },
-            "memory_kind": "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS above start",
+            "memory_kind": "CUDA max_memory_allocated"
+            if args.device == "cuda"
+            else "peak RSS while making one image, above the RSS before the models were built",
         },
         "computed": {"parameter_mib": {side: row["parameter_mib"] for side, row in memory.items()}},
         "ratios_vs_controlnet": {
@@ -435,7 +452,8 @@ def main() -> None:
         "paper_ratios": PAPER,
         "targets": TARGET,
     }
-    files.write_json(RESULTS, report)
+    results = RESULTS.with_name(f"{RESULTS.stem}-{args.device}-{args.dtype}.json")
+    files.write_json(results, report)
     header = ("side", "s/image", "x time", "MiB", "x mem", "param MiB", "x param")
     print("\n{:<11} {:>8} {:>7} {:>8} {:>6} {:>10} {:>8}".format(*header))
     for side in SIDES:
@@ -447,7 +465,7 @@ def main() -> None:
     split = timing["twostage_split"]
     print(f"twostage: hand stage {min(split['hand']):.2f} s + outpaint {min(split['outpaint']):.2f} s (best)")
     print(f"paper: {PAPER['time']:.1f}x time, {PAPER['memory']:.1f}x memory; target <= 2.0x and <= 1.6x")
-    print(f"-> {RESULTS}")
+    print(f"-> {results}")
 
 
 if __name__ == "__main__":
