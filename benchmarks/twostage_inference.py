@@ -452,7 +452,8 @@ def main() -> None:
         "paper_ratios": PAPER,
         "targets": TARGET,
     }
-    results = RESULTS.with_name(f"{RESULTS.stem}-{args.device}-{args.dtype}.json")
+    name = f"{RESULTS.stem}-{args.device}-{args.dtype}-{args.size}px-crop{args.crop_size}.json"
+    results = RESULTS.with_name(name)
     files.write_json(results, report)
     header = ("side", "s/image", "x time", "MiB", "x mem", "param MiB", "x param")
     print("\n{:<11} {:>8} {:>7} {:>8} {:>6} {:>10} {:>8}".format(*header))
