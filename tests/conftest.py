@@ -82,3 +82,19 @@ def tiny_hand1000_path(tiny_sd_path, tmp_path_factory) -> Path:
     meta = {"gesture": "call", "phrase": "making phone call hand gesture", "lam": 0.7, "mu": 0.7}
     save_hand1000(folder, TokenFusion(TEXT_DIM), mean, {**meta, "base_model": str(tiny_sd_path)})
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_path(tmp_path_factory) -> Path:
+    """A tiny SD-1.5-inpainting-shaped folder (9-channel UNet, 64 px), written once for the session."""
+    from handsynth.tiny.sd import write_tiny_sd_inpainting
+
+    return write_tiny_sd_inpainting(tmp_path_factory.mktemp("models") / "tiny-sd-inpainting", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_path(tmp_path_factory) -> Path:
+    """A tiny OpenPose-style ControlNet folder for the tiny SD, written once for the session."""
+    from handsynth.tiny.controlnet import write_tiny_controlnet
+
+    return write_tiny_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet", seed=0)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "handsynth.evaluation.evaluate",
     "handsynth.twostage.commands",
     "handsynth.twostage.handgen_cli",
+    "handsynth.twostage.outpaint_trainer",
 ]
 
 

@@ -142,6 +142,7 @@ class OutpaintSection:
     base: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # a 4-channel SD UNet is accepted too
     controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
     lora_rank: int = 8
+    lora_alpha: int = 8  # the LoRA's scale is alpha / rank
     lr: float = 1e-4
     batch_size: int = 16
     epochs: int = 1
@@ -150,6 +151,14 @@ class OutpaintSection:
     unmasked_steps: int = 2  # the last steps run on the whole latent
     steps: int = 50
     guidance: float = 7.5
+    negative_prompt: str = ""
+    conditioning_scale: float = 1.0  # the ControlNet's residuals are scaled by this
+    skeleton: str = "full"  # OpenPose condition image: body | body_hands | full (body, hands and face)
+    background: int = 127  # the canvas's uniform grey level (127: about 0 in the VAE's [-1, 1])
+    small_hand_fraction: float = 0.1  # warn when a hand's box is under this share of the image side
+    previews: int = 4  # decoded x0 predictions kept from evenly spaced steps (0: none)
+    max_images: int = 0  # train on the first N images (0: all)
+    lora_dir: str = ""  # where `outpaint train` writes the LoRA; empty: <run.output_dir>/models/outpaint-lora
 
 
 @dataclass

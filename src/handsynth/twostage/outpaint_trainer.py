@@ -1,0 +1,495 @@
+"""`handsynth outpaint train`: the body outpainter's LoRA (seed 004 §III-C, §IV-B; TWOSTAGE.md §4).
+
+The LoRA learns to rebuild a whole image from a canvas that holds only its segmented hands, as stage 2
+will see it. Per step, on a batch of rows of the two-stage dataset's `images.jsonl`:
+
+    canvas = image where the hand mask is set, the uniform background elsewhere;  m = latent hand mask
+    z0 = VAE(image) (a posterior sample);  z_c = VAE(canvas · m_c) (its mean: the UNet's masked image)
+    t, ε drawn by the trainer;  z_t = add_noise(z0, ε, t)
+    ε̂ = UNet([z_t, 1 − m, z_c], t, CLIP(caption), ControlNet_LoRA(z_t, t, CLIP(caption), OpenPose(pose)))
+    loss = masked L2 of ε̂ over the region to generate, 1 − m
+
+Only the LoRA (rank 8, alpha 8, on the ControlNet's to_k, to_q, to_v, to_out.0) trains. The shared
+machinery (`handsynth.training.trainer`) gives resume, the NaN stop, mixed precision, 8-bit Adam,
+checkpoints (the LoRA weights and its optimiser only), logs and validation grids. The result is the
+LoRA folder (`save_lora`). Runs under `accelerate launch` (DDP): each process takes its share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from handsynth import files
+from handsynth.config import Config, add_config_arguments, config_from_args
+from handsynth.errors import HandsynthError
+from handsynth.files import load_rgb
+from handsynth.perception.wholebody import check_pose
+from handsynth.training.diffusion import (
+    BaseModels,
+    encode_images,
+    encode_text,
+    load_base_models,
+    noise_target,
+    ready_for_training,
+)
+from handsynth.training.trainer import (
+    OPTIMIZERS,
+    PRECISIONS,
+    Trainer,
+    check_settings,
+    make_accelerator,
+    resolve_auto_settings,
+)
+from handsynth.twostage.blending import check_blend_settings
+from handsynth.twostage.canvas import canvas_from_mask, latent_mask
+from handsynth.twostage.outpaint_models import (
+    LORA_TARGETS,
+    OutpaintModels,
+    add_lora,
+    check_unet,
+    condition_pixels,
+    encode_mean,
+    load_controlnet,
+    mask_input,
+    masked_mse,
+    masked_pixels,
+    pixels,
+    predict_noise,
+    save_lora,
+)
+from handsynth.twostage.skeleton import VARIANTS, draw_openpose
+
+log = logging.getLogger(__name__)
+
+VALIDATION_IMAGES = 4
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class OutpaintItem:
+    key: str
+    image: Path
+    hand_mask: Path
+    keypoints: np.ndarray  # (133, 3) in the image's pixels
+    caption: str
+    size: int  # the image is square, size × size
+
+
+def read_outpaint_items(
+    data_dir: str | Path, split: str = "train", max_images: int = 0
+) -> list[OutpaintItem]:
+    """The `split` rows of `<data_dir>/images.jsonl` whose image and hand mask decode; bad rows are
+    skipped, counted and named in a warning."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "images.jsonl"
+    if not manifest.is_file():
+        raise HandsynthError(
+            f"no image manifest at {manifest}; build the two-stage dataset with `handsynth pose build`"
+        )
+    rows = [row for row in files.read_jsonl(manifest) if row.get("split") == split]
+    if max_images > 0:
+        rows = rows[:max_images]
+    if not rows:
+        raise HandsynthError(f"{manifest} has no '{split}' rows")
+    items, bad = [], []
+    for row in tqdm(rows, desc="check images", leave=False):
+        key = str(row.get("key"))
+        try:
+            item = _item(data_dir, row, key)
+        except (HandsynthError, KeyError, TypeError, ValueError) as exc:
+            bad.append(f"{key}: {exc}")
+            continue
+        items.append(item)
+    if bad:
+        shown = "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        log.warning("skipped %d of %d '%s' rows of %s: %s", len(bad), len(rows), split, manifest, shown)
+    if not items:
+        raise HandsynthError(f"none of the {len(rows)} '{split}' rows in {manifest} could be used")
+    return items
+
+
+def _item(data_dir: Path, row: dict, key: str) -> OutpaintItem:
+    caption = str(row.get("caption") or "").strip()
+    if not caption:
+        raise HandsynthError("empty caption")
+    if row.get("keypoints") is None or not row.get("hand_mask"):
+        raise HandsynthError("no keypoints or no hand mask")
+    keypoints = check_pose(np.asarray(row["keypoints"], dtype=np.float32), f"the pose of {key}")
+    image = load_rgb(data_dir / row["image"])
+    mask = _read_mask(data_dir / row["hand_mask"])
+    if image.shape[0] != image.shape[1] or mask.shape != image.shape[:2]:
+        raise HandsynthError(
+            f"the image must be square and its hand mask its size, got {image.shape}, {mask.shape}"
+        )
+    return OutpaintItem(
+        key, data_dir / row["image"], data_dir / row["hand_mask"], keypoints, caption, image.shape[0]
+    )
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > 127
+    except (OSError, ValueError) as exc:
+        raise HandsynthError(f"cannot read the hand mask {path}: {exc}") from None
+
+
+@dataclass
+class Example:
+    """One item at the training resolution."""
+
+    image: np.ndarray  # (R, R, 3) uint8
+    canvas: np.ndarray  # (R, R, 3) uint8: the hands on the uniform background
+    mask: np.ndarray  # (R, R) bool
+    condition: np.ndarray  # (R, R, 3) uint8 OpenPose image
+
+
+def load_example(item: OutpaintItem, resolution: int, background: int, skeleton: str) -> Example:
+    """The image and its hand mask resized to `resolution` (area for shrinking), the canvas built from
+    them, and the pose scaled and drawn."""
+    image, mask = load_rgb(item.image), _read_mask(item.hand_mask)
+    if item.size != resolution:
+        shrink = cv2.INTER_AREA if item.size > resolution else cv2.INTER_CUBIC
+        image = cv2.resize(image, (resolution, resolution), interpolation=shrink)
+        mask = (
+            cv2.resize(mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA) >= 0.5
+        )
+    pose = item.keypoints.copy()
+    pose[:, :2] *= resolution / item.size
+    canvas = canvas_from_mask(image, mask, background)
+    condition = draw_openpose(pose, resolution, resolution, skeleton)
+    return Example(image, canvas.image, canvas.mask, condition)
+
+
+# -------------------------------------------------------------------------------------- trainer
+
+
+class OutpaintTrainer(Trainer):
+    """The frozen base UNet, VAE and text encoder, the ControlNet with its LoRA, and one kind of step."""
+
+    def __init__(
+        self,
+        config: Config,
+        accelerator: Any,
+        models: BaseModels,
+        controlnet: Any,
+        items: list[OutpaintItem],
+        work: Path,
+        plan: dict[str, Any],
+        total_steps: int,
+    ) -> None:
+        super().__init__(config, accelerator, work, plan, total_steps, name="outpaint")
+        settings, device = self.config.outpaint, self.device
+        self.items = items
+        self.models = models
+        self.noise_scheduler = models.noise_scheduler
+        self.tokenizer = models.tokenizer
+        self.resolution = models.resolution
+        self.vae_scale = models.vae_scale
+        grad_checkpointing = self.config.train.gradient_checkpointing
+        self.vae = models.vae.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, self.weight_dtype).eval()
+        # The UNet is frozen but the loss flows back through it to the ControlNet's residuals.
+        self.unet = models.unet.requires_grad_(False).to(device, self.weight_dtype).eval()
+        if grad_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        from diffusers.training_utils import cast_training_params
+
+        controlnet.to(dtype=self.weight_dtype)
+        self.lora = add_lora(controlnet, settings.lora_rank, settings.lora_alpha)
+        cast_training_params(controlnet, dtype=torch.float32)  # fp32 LoRA weights under mixed precision
+        controlnet = ready_for_training(controlnet, device, grad_checkpointing)
+        self.controlnet_plain = controlnet
+        optimizer = self.make_optimizer(list(self.lora.values()), settings.lr)
+        self.controlnet, self.optimizer = accelerator.prepare(controlnet, optimizer)
+
+    # --- what the machinery checkpoints and shows
+
+    def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"lora": self.lora}
+
+    def shared_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"lora": self.optimizer}
+
+    def validation_grid(self) -> Image.Image | None:
+        """One row per validation image: canvas | condition | outpainted | ground truth, seeded."""
+        from handsynth.twostage.sampler import outpaint
+
+        settings = self.config.outpaint
+        models = self.sampling_models()
+        rows = []
+        for item in self.items[:VALIDATION_IMAGES]:
+            example = load_example(item, self.resolution, settings.background, settings.skeleton)
+            result = outpaint(
+                models,
+                item.caption,
+                example.condition,
+                example.canvas,
+                example.mask,
+                negative_prompt=settings.negative_prompt,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                blending=settings.blending,
+                blend_noise=settings.blend_noise,
+                unmasked_steps=settings.unmasked_steps,
+                conditioning_scale=settings.conditioning_scale,
+                generator=torch.Generator().manual_seed(self.config.run.seed),
+                progress=False,
+            )
+            rows.append(
+                np.concatenate([example.canvas, example.condition, result.image, example.image], axis=1)
+            )
+        return Image.fromarray(np.concatenate(rows, axis=0))
+
+    def sampling_models(self) -> OutpaintModels:
+        from diffusers import DDIMScheduler
+
+        return OutpaintModels(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.vae,
+            unet=self.unet,
+            controlnet=self.acc.unwrap_model(self.controlnet),
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=False),
+        )
+
+    # --- the step
+
+    def loop(self) -> None:
+        settings = self.config.outpaint
+        for index in self.shuffled_batches(len(self.items), settings.batch_size, settings.epochs):
+            self.train_step([self.items[i] for i in index.tolist()])
+            self.after_step()
+
+    def train_step(self, items: list[OutpaintItem]) -> float:
+        settings, device = self.config.outpaint, self.device
+        examples = [load_example(i, self.resolution, settings.background, settings.skeleton) for i in items]
+        keys = [item.key for item in items]
+        images = pixels(np.stack([e.image for e in examples]))
+        masks = np.stack([e.mask for e in examples])
+        latents = encode_images(self.vae, images, self.generator)
+        paint = mask_input(np.stack([latent_mask(m, self.vae_scale) for m in masks])).to(device)
+        masked_latents = None
+        if self.unet.config.in_channels == 9:  # a plain UNet sees the mask only through the loss
+            canvases = pixels(np.stack([e.canvas for e in examples]))
+            masked_latents = encode_mean(self.vae, masked_pixels(canvases, masks)).float()
+        condition = condition_pixels(np.stack([e.condition for e in examples])).to(device, self.weight_dtype)
+        embeddings = encode_text(self.tokenizer, self.text_encoder, [item.caption for item in items])
+        timesteps, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with self.acc.autocast():
+            prediction = predict_noise(
+                self.unet,
+                self.controlnet,
+                noisy,
+                timesteps,
+                embeddings,
+                condition,
+                paint,
+                masked_latents,
+                settings.conditioning_scale,
+            )
+        target = noise_target(self.noise_scheduler, latents, noise, timesteps)
+        losses = masked_mse(prediction, target, paint)
+        value = self.check_loss(losses, "outpaint", keys, "outpaint.lr")
+        self.acc.backward(losses.mean())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.record("outpaint", value, keys)
+
+    def save_lora(self, folder: Path, meta: dict[str, Any]) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_lora(self.acc.unwrap_model(self.controlnet), folder, meta)
+        self.acc.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def check_outpaint_settings(config: Config) -> None:
+    check_settings(config)
+    settings = config.outpaint
+    if settings.batch_size < 1 or settings.epochs < 1 or settings.lora_rank < 1 or settings.lr <= 0:
+        raise HandsynthError("outpaint.batch_size, epochs and lora_rank must be >= 1 and outpaint.lr > 0")
+    if settings.skeleton not in VARIANTS:
+        raise HandsynthError(
+            f"outpaint.skeleton must be one of {', '.join(VARIANTS)}, got '{settings.skeleton}'"
+        )
+    if not 0 <= settings.background <= 255:
+        raise HandsynthError(f"outpaint.background is a grey level in 0-255, got {settings.background}")
+    check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
+
+
+def default_data_dir(config: Config) -> Path:
+    return Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
+
+
+def default_lora_dir(config: Config) -> Path:
+    return Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
+
+
+def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -> OutpaintTrainer:
+    """Read the data, load the models and set up the trainer (work files in `<run>/train/outpaint`)."""
+    from accelerate.utils import set_seed
+
+    check_outpaint_settings(config)
+    config = resolve_auto_settings(config)
+    settings = config.outpaint
+    data_dir = Path(data_dir) if data_dir else default_data_dir(config)
+    work = Path(config.run.output_dir) / "train" / "outpaint"
+    acc = make_accelerator(config, work)
+    items = read_outpaint_items(data_dir, "train", settings.max_images)
+    total = settings.epochs * math.ceil(len(items) / (settings.batch_size * acc.num_processes))
+    set_seed(config.run.seed)
+    models = load_base_models(settings.base)
+    check_unet(models.unet, settings.base)
+    controlnet = load_controlnet(settings.controlnet)
+    plan = {
+        "base": settings.base,
+        "controlnet": settings.controlnet,
+        "lora_rank": settings.lora_rank,
+        "lora_alpha": settings.lora_alpha,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "epochs": settings.epochs,
+        "processes": acc.num_processes,
+        "resolution": models.resolution,
+        "skeleton": settings.skeleton,
+        "background": settings.background,
+        "seed": config.run.seed,
+        "images": hashlib.sha1("\n".join(item.key for item in items).encode()).hexdigest(),
+    }
+    log.info(
+        "training the outpainter LoRA on %d images (%s) for %d steps per process on %d process(es)",
+        len(items),
+        data_dir,
+        total,
+        acc.num_processes,
+    )
+    return OutpaintTrainer(config, acc, models, controlnet, items, work, plan, total)
+
+
+def train_outpainter(
+    config: Config, data_dir: str | Path | None = None, lora_dir: str | Path | None = None
+) -> Path:
+    """Train the outpainter LoRA; return its folder (`outpaint.lora_dir`, default
+    `<run>/models/outpaint-lora`): the LoRA weights and `outpaint.json`."""
+    trainer = build_outpaint_trainer(config, data_dir)
+    trainer.train(trainer.loop)
+    settings = trainer.config.outpaint
+    folder = Path(lora_dir) if lora_dir else default_lora_dir(trainer.config)
+    meta = {
+        "controlnet": settings.controlnet,
+        "base": settings.base,
+        "rank": settings.lora_rank,
+        "alpha": settings.lora_alpha,
+        "targets": LORA_TARGETS,
+        "resolution": trainer.resolution,
+        "skeleton": settings.skeleton,
+        "background": settings.background,
+        "outpaint": dataclasses.asdict(settings),
+        "steps": trainer.step,
+        "total_steps": trainer.total_steps,
+        "images": len(trainer.items),
+    }
+    trainer.save_lora(folder, meta)
+    trainer.acc.end_training()
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "outpaint",
+        help="the two-stage method's body outpainter (stage 2)",
+        description="Train the LoRA of the ControlNet body outpainter (seed 004 §III-C).",
+    )
+    commands = parser.add_subparsers(dest="outpaint_command", required=True, metavar="SUBCOMMAND")
+    train = commands.add_parser(
+        "train",
+        help="train the outpainter's LoRA on the two-stage dataset",
+        description="Train a LoRA on the OpenPose ControlNet to rebuild whole images from canvases that "
+        "hold only their hands (images.jsonl of `handsynth pose build`). Writes the LoRA folder and "
+        "<output-dir>/train/outpaint/ (loss.jsonl, checkpoints, validation grids). Runs under "
+        "`accelerate launch`.",
+    )
+    add_config_arguments(train)
+    train.add_argument(
+        "--data-dir", type=Path, help="two-stage dataset with images.jsonl (default pose.output_dir)"
+    )
+    train.add_argument(
+        "--lora-dir",
+        dest="outpaint.lora_dir",
+        help="output LoRA folder (default <output-dir>/models/outpaint-lora)",
+    )
+    train.add_argument("--base", dest="outpaint.base", help="SD inpainting (or SD) hub id or folder")
+    train.add_argument(
+        "--controlnet", dest="outpaint.controlnet", help="OpenPose ControlNet hub id or folder"
+    )
+    train.add_argument("--lora-rank", dest="outpaint.lora_rank", type=int, help="LoRA rank (8)")
+    train.add_argument("--lora-alpha", dest="outpaint.lora_alpha", type=int, help="LoRA alpha (8)")
+    train.add_argument("--lr", dest="outpaint.lr", type=float, help="learning rate (1e-4)")
+    train.add_argument("--batch-size", dest="outpaint.batch_size", type=int, help="batch per process (16)")
+    train.add_argument("--epochs", dest="outpaint.epochs", type=int, help="passes over the images (1)")
+    train.add_argument("--max-images", dest="outpaint.max_images", type=int, help="use the first N (0: all)")
+    train.add_argument(
+        "--mixed-precision",
+        dest="train.mixed_precision",
+        choices=("auto", *PRECISIONS),
+        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16",
+    )
+    train.add_argument(
+        "--optimizer",
+        dest="train.optimizer",
+        choices=("auto", *OPTIMIZERS),
+        help="auto (adam8bit on CUDA with bitsandbytes, else adam), adam or adam8bit",
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        dest="train.gradient_checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations in the backward pass (less memory, slower)",
+    )
+    train.add_argument(
+        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints"
+    )
+    train.add_argument(
+        "--validate-every", dest="train.validate_every", type=int, help="steps between validation grids"
+    )
+    train.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
+    train.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
+    train.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
+    train.add_argument(
+        "--resume",
+        dest="train.init_from",
+        action="store_const",
+        const="resume",
+        help="continue from the last checkpoint in <output-dir>/train/outpaint/checkpoints",
+    )
+    train.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    folder = train_outpainter(config, args.data_dir)
+    log.info("outpainter LoRA -> %s", folder)
+    return 0
