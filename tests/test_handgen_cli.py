@@ -69,7 +69,7 @@ def test_train_then_generate_resumably(tiny_sd_path, hands_manifest, tmp_path, c
         + ["--set", "handgen.steps=3"]
     )
     assert code == 0
-    folder = run / "handgen"
+    folder = run / "models" / "handgen"
     assert {p.name for p in folder.iterdir()} >= {"unet", "mask_head", "vae", "text_encoder", "handgen.json"}
     grid = Image.open(run / "train" / "handgen" / "validation" / "step-00000004.png")
     assert grid.size == (3 * 64, 4 * 64)  # heatmap | hand | mask, for 4 hands

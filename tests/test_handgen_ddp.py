@@ -48,7 +48,7 @@ def test_two_process_training_runs_and_the_result_loads(tiny_sd_path, tmp_path):
         "rank-1.pt",
         "shared.pt",
     ]
-    folder = tmp_path / "run" / "handgen"
+    folder = tmp_path / "run" / "models" / "handgen"
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     weights = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     assert unet.config.in_channels == 15 and torch.isfinite(weights["conv_in.weight"]).all()

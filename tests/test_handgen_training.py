@@ -245,10 +245,10 @@ def test_stopped_and_resumed_training_ends_bit_identical(trained, tiny_sd_path, 
     keys = dict(handgen__epochs=3, handgen__lr=1e-4, train__checkpoint_every=2)
     train_handgen(tiny_config(tiny_sd_path, train__max_steps=3, **keys), hands_manifest, tmp_path)
     assert (tmp_path / "train" / "handgen" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
-    assert json.loads((tmp_path / "handgen" / "handgen.json").read_text())["trained_steps"] == 3
+    assert json.loads((tmp_path / "models" / "handgen" / "handgen.json").read_text())["trained_steps"] == 3
     train_handgen(tiny_config(tiny_sd_path, train__init_from="resume", **keys), hands_manifest, tmp_path)
 
-    a, b = model_weights(trained / "handgen"), model_weights(tmp_path / "handgen")
+    a, b = model_weights(trained / "models" / "handgen"), model_weights(tmp_path / "models" / "handgen")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert log_rows(trained / "train" / "handgen") == log_rows(tmp_path / "train" / "handgen")
@@ -260,7 +260,7 @@ def test_stopped_and_resumed_training_ends_bit_identical(trained, tiny_sd_path, 
 
 @pytest.mark.slow
 def test_the_saved_folder_loads_in_plain_diffusers(trained):
-    folder = trained / "handgen"
+    folder = trained / "models" / "handgen"
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     assert unet.config.in_channels == 15 and unet.conv_in.weight.shape[1] == 15
     head = MaskHead.from_pretrained(folder, subfolder="mask_head")

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "handsynth.twostage.commands",
     "handsynth.twostage.handgen_cli",
     "handsynth.twostage.outpaint_trainer",
+    "handsynth.twostage.generate",
 ]
 
 

@@ -133,6 +133,7 @@ class HandgenSection:
     guidance: float = 7.5
     size: int = 0  # `handgen generate` image side in px; 0: the model's training resolution
     sample_batch_size: int = 4  # hands per batch in `handgen generate`
+    model_dir: str = ""  # the hand generator's folder; empty: <run.output_dir>/models/handgen
 
 
 @dataclass
@@ -159,6 +160,16 @@ class OutpaintSection:
     previews: int = 4  # decoded x0 predictions kept from evenly spaced steps (0: none)
     max_images: int = 0  # train on the first N images (0: all)
     lora_dir: str = ""  # where `outpaint train` writes the LoRA; empty: <run.output_dir>/models/outpaint-lora
+
+
+@dataclass
+class TwostageSection:
+    """The pose -> image pipeline (`handsynth twostage generate`) and the blending ablation."""
+
+    size: int = 512  # side of the generated images, px
+    poses: str = ""  # poses.jsonl or images.jsonl; empty: the two-stage dataset's test split
+    max_poses: int = 0  # generate for the first N poses; 0: all
+    ablation: list[str] = field(default_factory=lambda: ["sequential", "naive", "bbox"])
 
 
 @dataclass
@@ -208,6 +219,7 @@ class Config:
     pose: PoseSection = field(default_factory=PoseSection)
     handgen: HandgenSection = field(default_factory=HandgenSection)
     outpaint: OutpaintSection = field(default_factory=OutpaintSection)
+    twostage: TwostageSection = field(default_factory=TwostageSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

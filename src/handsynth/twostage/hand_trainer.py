@@ -226,16 +226,17 @@ def check_handgen_settings(config: Config) -> None:
 def train_handgen(
     config: Config, hands_manifest: str | Path, out_dir: str | Path, model_dir: str | Path | None = None
 ) -> Path:
-    """Train a hand generator on the train rows of `hands_manifest`; return its folder
-    (`<out_dir>/handgen` by default). Work files go to `<out_dir>/train/handgen/`: config.toml,
-    loss.jsonl, checkpoints/, validation/ grids, and TensorBoard logs when tensorboard is installed."""
+    """Train a hand generator on the train rows of `hands_manifest`; return its folder (`model_dir`,
+    else `handgen.model_dir`, else `<out_dir>/models/handgen`). Work files go to
+    `<out_dir>/train/handgen/`: config.toml, loss.jsonl, checkpoints/, validation/ grids, and TensorBoard
+    logs when tensorboard is installed."""
     from accelerate.utils import set_seed
 
     check_handgen_settings(config)
     config = resolve_auto_settings(config)
     handgen = config.handgen
     out_dir = Path(out_dir)
-    model_dir = Path(model_dir) if model_dir else out_dir / "handgen"
+    model_dir = Path(model_dir or handgen.model_dir or out_dir / "models" / "handgen")
     work = out_dir / "train" / "handgen"
     items = read_hand_items(hands_manifest, "train")
     acc = make_accelerator(config, work)

@@ -42,7 +42,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "hands.jsonl)",
     )
     parser.add_argument(
-        "--model-dir", type=Path, metavar="DIR", help="where the model goes (<output-dir>/handgen)"
+        "--model-dir",
+        dest="handgen.model_dir",
+        metavar="DIR",
+        help="where the model goes (<output-dir>/models/handgen)",
     )
     parser.add_argument(
         "--base",
@@ -120,7 +123,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument(
-        "--model", type=Path, metavar="DIR", help="a hand-generator folder (<output-dir>/handgen)"
+        "--model", type=Path, metavar="DIR", help="a hand-generator folder (<output-dir>/models/handgen)"
     )
     parser.add_argument(
         "--keypoints",
@@ -153,7 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     out = Path(config.run.output_dir)
     hands = args.hands or Path(config.pose.output_dir or out / "twostage-data") / "hands.jsonl"
-    folder = train_handgen(config, hands, out, args.model_dir)
+    folder = train_handgen(config, hands, out)
     log.info("hand generator -> %s", folder)
     return 0
 
@@ -166,7 +169,12 @@ def run_generate(args: argparse.Namespace) -> int:
     out_dir = args.out or out / "hands"
     save_config(config, out_dir / "config.toml")
     records = generate_hands(
-        config, args.model or out / "handgen", args.keypoints, out_dir, args.prompt, args.with_masks
+        config,
+        args.model or config.handgen.model_dir or out / "models" / "handgen",
+        args.keypoints,
+        out_dir,
+        args.prompt,
+        args.with_masks,
     )
     log.info("%d hands in %s", len(records), out_dir)
     return 0

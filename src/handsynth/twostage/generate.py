@@ -1,0 +1,313 @@
+"""`handsynth twostage generate`: poses and prompts in, images and every intermediate out, resumably.
+
+Poses come from a `poses.jsonl` (`handsynth pose extract`), the two-stage dataset's `images.jsonl`
+(its test split by default), or a photo (`--pose-image`, read by Holistic first). A pose is moved into
+the square image to make (`twostage.size`), centred and scaled to fit. Output, in `--out`:
+
+- `images/<key>.png`;
+- `intermediates/<key>/`: each hand crop and its mask (`hand-N.png`, `hand-N-mask.png`), the canvas and
+  its mask, the OpenPose condition image, `blend-masks.npz` (one latent-size mask per step) and
+  `strip.png` (canvas | m_c | condition | blend masks | x0 previews | decoded | result);
+- `records.jsonl`: per image its key, prompt, the pose in the image's pixels, size, seed and settings
+  (what `handsynth evaluate --method twostage` reads);
+- `grid.png`: pose | hand | canvas | result for the first images.
+
+A restart skips every pose that already has a record and an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from handsynth import files
+from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.errors import HandsynthError
+from handsynth.perception.wholebody import check_pose
+from handsynth.twostage.blending import BLENDINGS
+from handsynth.twostage.skeleton import draw_openpose
+
+log = logging.getLogger(__name__)
+
+GRID_ROWS = 8
+GRID_CELL = 192
+
+
+@dataclass
+class PoseJob:
+    key: str
+    prompt: str
+    keypoints: np.ndarray  # (133, 3) in the pixels of the image to make
+    source: str
+
+
+def fit_pose(keypoints: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
+    """The pose of a width x height frame, scaled and centred into a size x size square."""
+    scale = size / max(width, height)
+    moved = np.array(keypoints, dtype=np.float32, copy=True)
+    moved[:, 0] = moved[:, 0] * scale + (size - width * scale) / 2
+    moved[:, 1] = moved[:, 1] * scale + (size - height * scale) / 2
+    return moved
+
+
+def read_pose_jobs(
+    path: str | Path, size: int, prompt: str = "", split: str = "test", max_poses: int = 0
+) -> list[PoseJob]:
+    """The poses of a poses.jsonl or images.jsonl (rows of `split` where rows have one), each with its
+    prompt: `prompt` if given, else the row's "prompt" or "caption". Rows without a person are skipped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "images.jsonl"
+    if not path.is_file():
+        raise HandsynthError(
+            f"no poses at {path}; give a poses.jsonl (`handsynth pose extract`), the two-stage dataset's "
+            "images.jsonl (`handsynth pose build`), or --pose-image"
+        )
+    jobs, no_person = [], 0
+    for line, row in enumerate(files.read_jsonl(path), 1):
+        if split and row.get("split", split) != split:
+            continue
+        if row.get("keypoints") is None:
+            no_person += 1
+            continue
+        name = f"{path} line {line}"
+        text = prompt or row.get("prompt") or row.get("caption")
+        if not text:
+            raise HandsynthError(f"{name} has no prompt or caption; give one with --prompt")
+        try:
+            width, height = int(row["width"]), int(row["height"])
+        except (KeyError, TypeError, ValueError):
+            raise HandsynthError(f"{name} lacks its frame's width and height") from None
+        keypoints = fit_pose(check_pose(row["keypoints"], name), width, height, size)
+        key = str(row.get("key") or Path(str(row.get("image", f"pose{line:05d}"))).stem)
+        jobs.append(PoseJob(key, str(text), keypoints, str(row.get("image", path))))
+        if 0 < max_poses <= len(jobs):
+            break
+    if no_person:
+        log.warning("%s: skipped %d rows without a person", path, no_person)
+    keys = [job.key for job in jobs]
+    if len(set(keys)) != len(keys):
+        raise HandsynthError(f"{path}: keys repeat; each pose needs its own key (or image name)")
+    if not jobs:
+        raise HandsynthError(f"{path} has no pose with a person" + (f" in split '{split}'" if split else ""))
+    return jobs
+
+
+def pose_from_photo(photo: str | Path, size: int, prompt: str) -> PoseJob:
+    """Read the pose of the person in `photo` with MediaPipe Holistic (hands filled from Hands)."""
+    from handsynth.files import load_rgb
+    from handsynth.perception.pose import PoseDetector
+
+    if not prompt:
+        raise HandsynthError("--pose-image needs --prompt: the text of the image to make")
+    rgb = load_rgb(photo)
+    body = PoseDetector().detect(rgb)
+    if body.keypoints is None:
+        raise HandsynthError(f"no person found in {photo}; try a photo where the body is visible")
+    height, width = rgb.shape[:2]
+    return PoseJob(Path(photo).stem, prompt, fit_pose(body.keypoints, width, height, size), str(photo))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    files.write_bytes(path, buffer.getvalue())
+
+
+def save_intermediates(folder: Path, result: Any) -> None:
+    """Every intermediate of one TwoStageResult, as images a user can look at."""
+    for n, (hand, mask) in enumerate(zip(result.hands, result.hand_masks, strict=True)):
+        files.save_image(folder / f"hand-{n}.png", Image.fromarray(hand.image))
+        files.save_image(folder / f"hand-{n}-mask.png", Image.fromarray(np.uint8(mask) * 255))
+    files.save_image(folder / "canvas.png", Image.fromarray(result.canvas.image))
+    files.save_image(folder / "canvas-mask.png", Image.fromarray(np.uint8(result.canvas.mask) * 255))
+    files.save_image(folder / "condition.png", Image.fromarray(result.condition))
+    _save_npz(folder / "blend-masks.npz", masks=np.stack(result.outpaint.blend_masks))
+    files.save_image(folder / "strip.png", Image.fromarray(result.outpaint.strip()))
+
+
+def grid_row(out_dir: Path, record: dict) -> list[Image.Image]:
+    """pose | first hand | canvas | result, for one record."""
+    folder = out_dir / record["intermediates"]
+    size = (record["width"], record["height"])
+    pose = Image.fromarray(draw_openpose(np.asarray(record["keypoints"], np.float32), *size))
+    cells = [pose, folder / "hand-0.png", folder / "canvas.png", out_dir / record["image"]]
+    return [c if isinstance(c, Image.Image) else Image.open(c).convert("RGB") for c in cells]
+
+
+def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
+    from diffusers.utils import make_image_grid
+
+    rows = [grid_row(out_dir, r) for r in records[:GRID_ROWS]]
+    if not rows:
+        return None
+    cells = [cell.resize((GRID_CELL, GRID_CELL)) for row in rows for cell in row]
+    path = out_dir / "grid.png"
+    files.save_image(path, make_image_grid(cells, rows=len(rows), cols=4))
+    return path
+
+
+SETTINGS_KEYS = ("prompt", "seed", "blending", "blend_noise", "steps", "guidance", "unmasked_steps", "width")
+
+
+def generate_twostage(
+    config: Config,
+    jobs: list[PoseJob],
+    out_dir: str | Path,
+    pipe: Any = None,
+    progress: bool = True,
+    **outpaint_settings: Any,
+) -> list[dict]:
+    """Make one image per pose job into `out_dir`; return every record (in job order).
+
+    `pipe`: a loaded TwoStagePipeline (else it is loaded from the config). Job n uses seed
+    `run.seed + n`, so any image can be made again alone. Stage 2 runs with `[outpaint]`, overridden by
+    `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
+    """
+    out_dir = Path(out_dir)
+    settings = {**vars(config.outpaint), **outpaint_settings}
+    size = config.twostage.size
+    done = {r["key"]: r for r in files.read_jsonl(out_dir / "records.jsonl")} if out_dir.is_dir() else {}
+    records = []
+    for n, job in enumerate(tqdm(jobs, desc="two-stage", disable=not progress, unit="img")):
+        record = {
+            "key": job.key,
+            "image": f"images/{job.key}.png",
+            "intermediates": f"intermediates/{job.key}",
+            "prompt": job.prompt,
+            "keypoints": np.round(job.keypoints.astype(np.float64), 3).tolist(),
+            "width": size,
+            "height": size,
+            "seed": config.run.seed + n,
+            "source": job.source,
+            **{k: settings[k] for k in ("blending", "blend_noise", "steps", "guidance", "unmasked_steps")},
+        }
+        old = done.get(job.key)
+        if old and all(old.get(k) == record[k] for k in SETTINGS_KEYS) and (out_dir / old["image"]).is_file():
+            records.append(old)
+            continue
+        if pipe is None:
+            pipe = load_pipeline(config)
+        result = pipe(
+            job.prompt,
+            job.keypoints,
+            size,
+            size,
+            seed=record["seed"],
+            hand_steps=config.handgen.steps,
+            hand_guidance=config.handgen.guidance,
+            progress=False,
+            **settings,
+        )
+        record["crops"] = [list(plan.box) for plan in result.crops]
+        save_intermediates(out_dir / record["intermediates"], result)
+        files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
+        files.append_jsonl(out_dir / "records.jsonl", record)
+        records.append(record)
+    others = [r for key, r in done.items() if key not in {job.key for job in jobs}]
+    files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
+    write_grid(out_dir, records)
+    save_config(config, out_dir / "config.toml")
+    return records
+
+
+def handgen_dir(config: Config) -> Path:
+    return Path(config.handgen.model_dir or Path(config.run.output_dir) / "models" / "handgen")
+
+
+def lora_dir(config: Config) -> Path | None:
+    """The outpainter's LoRA: outpaint.lora_dir, or <run>/models/outpaint-lora when it exists."""
+    folder = Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
+    if config.outpaint.lora_dir and not folder.is_dir():
+        raise HandsynthError(f"outpaint.lora_dir is {folder}, which is not a folder; train it first")
+    if not folder.is_dir():
+        log.warning("no outpainter LoRA at %s: stage 2 runs the ControlNet as it is", folder)
+        return None
+    return folder
+
+
+def load_pipeline(config: Config) -> Any:
+    from handsynth.twostage.pipeline import TwoStagePipeline
+
+    handgen = handgen_dir(config)
+    if not handgen.is_dir():
+        raise HandsynthError(
+            f"no hand generator at {handgen}; train one with `handsynth handgen train`, "
+            "or set handgen.model_dir"
+        )
+    return TwoStagePipeline.from_pretrained(
+        handgen,
+        config.outpaint.base,
+        config.outpaint.controlnet,
+        lora_dir(config),
+        device=config.run.device,
+        settings=config.outpaint,
+        crop_margin=config.pose.crop_margin,
+    )
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "twostage",
+        help="the two-stage pose-conditioned method: pose + prompt -> image",
+        description="The two-stage method of Pelykh et al.: a hand generator draws the hands from the "
+        "pose's finger heatmaps, a ControlNet + LoRA outpainter paints the body around them.",
+    )
+    commands = parser.add_subparsers(dest="twostage_command", required=True, metavar="COMMAND")
+    generate = commands.add_parser(
+        "generate",
+        help="generate images for a list of poses and prompts (resumable)",
+        description="Generate one image per pose, writing images/, intermediates/, records.jsonl and "
+        "grid.png to --out (default <output-dir>/twostage/samples).",
+    )
+    add_config_arguments(generate)
+    source = generate.add_mutually_exclusive_group()
+    source.add_argument(
+        "--pose", type=Path, help="poses.jsonl or images.jsonl (default: twostage.poses, else the test split)"
+    )
+    source.add_argument("--pose-image", type=Path, help="a photo whose pose (MediaPipe Holistic) to draw")
+    generate.add_argument("--prompt", default="", help="the prompt for every pose (default: each row's)")
+    generate.add_argument("--out", type=Path, help="output folder (default <output-dir>/twostage/samples)")
+    generate.add_argument("--handgen", dest="handgen.model_dir", help="hand generator folder")
+    generate.add_argument("--lora", dest="outpaint.lora_dir", help="outpainter LoRA folder")
+    generate.add_argument(
+        "--blending", dest="outpaint.blending", choices=BLENDINGS, help="blend (sequential)"
+    )
+    generate.add_argument("--steps", dest="outpaint.steps", type=int, help="outpainter DDIM steps (50)")
+    generate.add_argument("--size", dest="twostage.size", type=int, help="image side in px (512)")
+    generate.add_argument("--max-poses", dest="twostage.max_poses", type=int, help="first N poses (0: all)")
+    generate.add_argument("--seed", dest="run.seed", type=int, help="seed of the first image (0)")
+    generate.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
+    generate.set_defaults(func=run_generate)
+
+
+def default_poses(config: Config) -> Path:
+    return Path(
+        config.twostage.poses or Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
+    )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    size = config.twostage.size
+    if args.pose_image:
+        jobs = [pose_from_photo(args.pose_image, size, args.prompt)]
+    else:
+        jobs = read_pose_jobs(
+            args.pose or default_poses(config), size, args.prompt, max_poses=config.twostage.max_poses
+        )
+    out = args.out or Path(config.run.output_dir) / "twostage" / "samples"
+    records = generate_twostage(config, jobs, out)
+    log.info("%d images -> %s", len(records), out)
+    return 0

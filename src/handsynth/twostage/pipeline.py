@@ -1,0 +1,173 @@
+"""The whole two-stage method: a pose and a prompt in, an image and every intermediate out.
+
+`TwoStagePipeline.from_pretrained(handgen, base, controlnet, lora)(prompt, pose, width, height)`:
+
+1. the pose's hands are cut into square crops (one per hand; one for both when their boxes overlap,
+   TWOSTAGE.md §7) and their keypoints moved into crop pixels at the hand generator's resolution;
+2. stage 1 draws each crop and its mask from the finger heatmaps (`HandGeneratorPipeline`);
+3. each crop, cut out with its thresholded mask, is fitted to the pose's hand keypoints by a similarity
+   transform and placed on a uniform canvas (`canvas.place_hands`);
+4. stage 2 paints the body around the hands with the ControlNet + LoRA outpainter, blending the canvas
+   in every step and pasting the hand pixels back at the end (`Outpainter`).
+
+When the hand generator's VAE and text encoder hold the same weights as the outpainter's (SD 1.5 and
+SD 1.5 inpainting do), one copy serves both stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from handsynth.config import OutpaintSection
+from handsynth.errors import HandsynthError
+from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
+from handsynth.twostage.crops import CROP_MARGIN, CropPlan, plan_crops, to_box
+from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
+from handsynth.twostage.outpaint_models import DEFAULT_BASE, DEFAULT_CONTROLNET
+from handsynth.twostage.outpainter import Outpainter
+from handsynth.twostage.sampler import OutpaintResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TwoStageResult:
+    image: np.ndarray  # (H, W, 3) uint8, the final image
+    crops: list[CropPlan]  # where each hand crop sits in the image
+    hands: list[HandCrop]  # stage 1: each crop's image, soft mask and crop-pixel keypoints
+    hand_masks: list[np.ndarray]  # stage 1's thresholded masks, what cut the hands out
+    canvas: Canvas
+    outpaint: OutpaintResult  # stage 2, with the condition image, blend masks and previews
+
+    @property
+    def condition(self) -> np.ndarray:
+        return self.outpaint.condition
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when two modules have the same parameter names, shapes and values."""
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(
+        first[k].shape == second[k].shape and torch.equal(first[k], second[k]) for k in first
+    )
+
+
+def hand_keypoints(pose: np.ndarray, plan: CropPlan, size: int) -> np.ndarray:
+    """(42, 3): the plan's hands in the pixels of its crop drawn at `size`; v = 0 for the other hand."""
+    hands = np.zeros((42, 3), np.float32)
+    for i, side in enumerate(HANDS):
+        if side in plan.sides:
+            hands[21 * i : 21 * (i + 1)] = to_box(pose[HANDS[side]], plan.box, size)
+    return hands
+
+
+class TwoStagePipeline:
+    """Stage 1 (the hand generator) and stage 2 (the outpainter), and the canvas between them."""
+
+    def __init__(
+        self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float = CROP_MARGIN
+    ) -> None:
+        self.hand_generator = hand_generator
+        self.outpainter = outpainter
+        self.crop_margin = crop_margin
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        handgen: str | Path,
+        base: str = DEFAULT_BASE,
+        controlnet: str = DEFAULT_CONTROLNET,
+        lora: str | Path | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+        settings: OutpaintSection | None = None,
+        crop_margin: float = CROP_MARGIN,
+    ) -> TwoStagePipeline:
+        """The hand-generator folder of `handsynth handgen train`, the outpainter's base and ControlNet
+        (hub ids or folders) and the LoRA folder of `handsynth outpaint train` (None: no LoRA)."""
+        outpainter = Outpainter.from_pretrained(base, controlnet, lora, device, dtype, settings)
+        models = outpainter.models
+        hands = HandGeneratorPipeline.from_pretrained(handgen, models.device, models.dtype)
+        if same_weights(hands.vae, models.vae):
+            hands.vae = models.vae
+        if same_weights(hands.text_encoder, models.text_encoder):
+            hands.text_encoder = models.text_encoder
+        return cls(hands, outpainter, crop_margin)
+
+    @property
+    def shares_encoders(self) -> bool:
+        models = self.outpainter.models
+        return (
+            self.hand_generator.vae is models.vae and self.hand_generator.text_encoder is models.text_encoder
+        )
+
+    def __call__(
+        self,
+        prompt: str,
+        pose: np.ndarray,
+        width: int = 512,
+        height: int = 512,
+        *,
+        hand_prompt: str | None = None,
+        seed: int = 0,
+        hand_steps: int | None = None,
+        hand_guidance: float | None = None,
+        progress: bool = True,
+        **outpaint_settings: Any,
+    ) -> TwoStageResult:
+        """The image for `prompt` and the (133, 3) `pose`, given in the pixels of the width x height
+        image to make. `hand_prompt` (default `prompt`) goes to the hand generator; `seed` fixes both
+        stages; `outpaint_settings` are `[outpaint]` keys for this call (blending, steps, ...)."""
+        pose = check_pose(pose)
+        plans = plan_crops(pose, width, height, self.crop_margin)
+        if not plans:
+            raise HandsynthError(
+                "the pose has no hand to draw: the two-stage method needs at least one hand with most of "
+                "its 21 keypoints present (v > 0)"
+            )
+        size = self.hand_generator.resolution
+        keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
+        drawn = self.hand_generator(
+            hand_prompt or prompt,
+            keypoints=keypoints,
+            num_inference_steps=hand_steps,
+            guidance_scale=hand_guidance,
+            generator=torch.Generator().manual_seed(seed),
+            height=size,
+            width=size,
+            progress=progress,
+        )
+        hands = [
+            HandCrop(image=np.asarray(image), mask=soft, keypoints=points)
+            for image, soft, points in zip(drawn.images, drawn.masks, keypoints, strict=True)
+        ]
+        cut = [
+            HandCrop(h.image, binary, h.keypoints)
+            for h, binary in zip(hands, drawn.masks_binary, strict=True)
+        ]
+        canvas = place_hands(cut, pose, width, height, self.outpainter.settings.background)
+        if not canvas.mask.any():
+            log.warning("the hand generator's masks are empty: the outpainter paints the whole image")
+        result = self.outpainter(
+            prompt,
+            pose,
+            canvas,
+            generator=torch.Generator().manual_seed(seed + 1),
+            progress=progress,
+            **outpaint_settings,
+        )
+        return TwoStageResult(
+            image=result.image,
+            crops=plans,
+            hands=hands,
+            hand_masks=list(drawn.masks_binary),
+            canvas=canvas,
+            outpaint=result,
+        )

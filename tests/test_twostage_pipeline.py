@@ -1,0 +1,158 @@
+"""The whole pose -> image pipeline on tiny models: both stages, the canvas between them, and the
+`handsynth twostage generate` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from twostage_data import toy_pose
+
+from handsynth.cli import main
+from handsynth.config import Config
+from handsynth.errors import HandsynthError
+from handsynth.perception.wholebody import HANDS, empty_pose
+from handsynth.twostage.canvas import place_hands
+from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
+from handsynth.twostage.pipeline import TwoStagePipeline, hand_keypoints
+
+PROMPT = "a woman in a green coat raising both hands"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def handgen_path(tiny_sd_path, tmp_path_factory):
+    """An untrained hand generator on the tiny SD: widened conv_in, a fresh mask head."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
+    from handsynth.twostage.hand_pipeline import save_hand_generator
+
+    torch.manual_seed(0)
+    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet"))
+    folder = tmp_path_factory.mktemp("models") / "handgen"
+    settings = {"resolution": 32, "steps": 3, "guidance": 2.0}
+    return save_hand_generator(folder, str(tiny_sd_path), unet, build_mask_head(unet, 2), settings)
+
+
+@pytest.fixture(scope="module")
+def pipe(handgen_path, tiny_inpaint_path, tiny_controlnet_path):
+    return TwoStagePipeline.from_pretrained(
+        handgen_path, tiny_inpaint_path, tiny_controlnet_path, device="cpu"
+    )
+
+
+def run(pipe, pose, seed=0, **settings):
+    return pipe(PROMPT, pose, SIZE, SIZE, seed=seed, progress=False, steps=4, previews=2, **settings)
+
+
+def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(pipe):
+    pose = toy_pose(SIZE)
+    first, again, other = run(pipe, pose), run(pipe, pose), run(pipe, pose, seed=1)
+    assert first.image.shape == (SIZE, SIZE, 3) and first.image.dtype == np.uint8
+    assert np.array_equal(first.image, again.image)
+    assert not np.array_equal(first.image, other.image)
+    # the toy pose's hands are apart: one crop each, drawn at the generator's 32 px
+    assert [plan.sides for plan in first.crops] == [("left",), ("right",)]
+    assert all(h.image.shape == (32, 32, 3) and h.mask.shape == (32, 32) for h in first.hands)
+    assert all(np.array_equal(m, h.mask > 0.5) for m, h in zip(first.hand_masks, first.hands, strict=True))
+    # the crops were drawn from the pose's own hand keypoints, moved into crop pixels
+    for plan, hand in zip(first.crops, first.hands, strict=True):
+        np.testing.assert_allclose(hand.keypoints, hand_keypoints(pose, plan, 32))
+    # the canvas is the thresholded crops placed on the pose; the result keeps its hand pixels
+    cut = [type(h)(h.image, m, h.keypoints) for h, m in zip(first.hands, first.hand_masks, strict=True)]
+    placed = place_hands(cut, pose, SIZE, SIZE)
+    assert np.array_equal(first.canvas.image, placed.image) and np.array_equal(first.canvas.mask, placed.mask)
+    assert first.canvas.mask.any()
+    assert np.array_equal(first.image[first.canvas.mask], first.canvas.image[first.canvas.mask])
+    assert first.condition.shape == (SIZE, SIZE, 3) and first.condition.any()
+    assert len(first.outpaint.blend_masks) == 4 and len(first.outpaint.previews) == 2
+
+
+def test_the_encoders_are_shared_when_their_weights_are_equal(pipe):
+    # the tiny SD and the tiny inpainting model are built on the same tiny VAE and CLIP
+    assert pipe.shares_encoders
+    assert pipe.hand_generator.vae is pipe.outpainter.models.vae
+
+
+def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):
+    pose = toy_pose(SIZE)
+    sequential, naive = run(pipe, pose, blending="sequential"), run(pipe, pose, blending="naive")
+    assert not np.array_equal(sequential.image, naive.image)
+    body_only = toy_pose(SIZE)
+    for part in HANDS.values():
+        body_only[part] = 0
+    with pytest.raises(HandsynthError, match="no hand to draw"):
+        run(pipe, body_only)
+
+
+def test_poses_are_fitted_into_the_square_and_read_from_both_manifests(tmp_path):
+    pose = empty_pose()
+    pose[0] = (100, 50, 2)
+    fitted = fit_pose(pose, 200, 100, 64)  # 200 x 100 frame -> scale 0.32, 16 px margin above
+    np.testing.assert_allclose(fitted[0], (32, 32, 2))
+    rows = [
+        {"image": "a.jpg", "width": 200, "height": 100, "keypoints": pose.tolist(), "prompt": "p"},
+        {"image": "b.jpg", "width": 200, "height": 100, "keypoints": None},
+        {"key": "c", "split": "train", "width": 64, "height": 64, "keypoints": pose.tolist(), "caption": "x"},
+    ]
+    (tmp_path / "poses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs = read_pose_jobs(tmp_path / "poses.jsonl", 64)
+    assert [(j.key, j.prompt) for j in jobs] == [("a", "p")]  # no person skipped, train split left out
+    assert [j.key for j in read_pose_jobs(tmp_path / "poses.jsonl", 64, split="train")] == ["a", "c"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "prompt": ""}) + "\n")
+    with pytest.raises(HandsynthError, match="bad.jsonl line 1 has no prompt"):
+        read_pose_jobs(tmp_path / "bad.jsonl", 64)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "keypoints": [[0, 0, 0]] * 17}) + "\n")
+    with pytest.raises(HandsynthError, match="bad.jsonl line 1: a pose is 133"):
+        read_pose_jobs(tmp_path / "bad.jsonl", 64)
+
+
+def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypatch):
+    config = Config()
+    config.twostage.size, config.outpaint.steps, config.outpaint.previews = SIZE, 3, 1
+    config.handgen.steps, config.run.device = 2, "cpu"
+    pose = toy_pose(SIZE)
+    rows = [{"key": f"p{i}", "width": SIZE, "height": SIZE, "keypoints": pose.tolist()} for i in range(2)]
+    (tmp_path / "poses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs = read_pose_jobs(tmp_path / "poses.jsonl", SIZE, prompt=PROMPT)
+    out = tmp_path / "out"
+    records = generate_twostage(config, jobs, out, pipe=pipe, progress=False)
+    assert [(r["key"], r["seed"], r["blending"]) for r in records] == [
+        ("p0", 0, "sequential"),
+        ("p1", 1, "sequential"),
+    ]
+    for record in records:
+        folder = out / record["intermediates"]
+        names = {p.name for p in folder.iterdir()}
+        assert {"hand-0.png", "hand-0-mask.png", "hand-1.png", "canvas.png", "canvas-mask.png"} <= names
+        assert {"condition.png", "blend-masks.npz", "strip.png"} <= names
+        assert Image.open(out / record["image"]).size == (SIZE, SIZE)
+        assert np.load(folder / "blend-masks.npz")["masks"].shape == (3, SIZE // 2, SIZE // 2)
+    assert Image.open(out / "grid.png").size == (4 * 192, 2 * 192)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["p0", "p1"]
+
+    # a second run makes nothing; a changed setting makes the images again
+    calls = []
+    real_call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: calls.append(k) or real_call(*a, **k))
+    assert generate_twostage(config, jobs, out, pipe=pipe, progress=False) == records and not calls
+    config.outpaint.blending = "naive"
+    again = generate_twostage(config, jobs[:1], out, pipe=pipe, progress=False)
+    assert len(calls) == 1 and calls[0]["blending"] == "naive" and again[0]["blending"] == "naive"
+    kept = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["blending"]) for r in kept] == [("p0", "naive"), ("p1", "sequential")]
+
+
+def test_the_command_names_a_missing_hand_generator(tmp_path, capsys):
+    pose = toy_pose(SIZE)
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": pose.tolist()}) + "\n"
+    )
+    command = ["twostage", "generate", "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
+    assert main([*command, "--prompt", PROMPT, "--device", "cpu"]) == 2
+    assert "no hand generator at" in capsys.readouterr().err
