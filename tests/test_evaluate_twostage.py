@@ -131,7 +131,7 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
             if i == 2:
                 found[HAND_INDICES, 2] = 0
         expected.append(found)
-    poses = pose_metrics.pose_metrics(truths, expected, [(FRAME, FRAME)] * 5)
+    poses = pose_metrics.pose_metrics(truths, expected, [(FRAME, FRAME)] * 5, area=Config().evaluate.dap_area)
     for key in ("dap", "dap_hands", "mpjpe", "mpjpe_hands"):
         assert m[key] == pytest.approx(poses[key]), key
     assert m["mpjpe"]["detection_rate"] == 0.8 and m["mpjpe_hands"]["detection_rate"] == 0.6

@@ -151,11 +151,12 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from handsynth.twostage.dataset import default_output_dir
     from handsynth.twostage.hand_trainer import train_handgen
 
     config = config_from_args(args)
     out = Path(config.run.output_dir)
-    hands = args.hands or Path(config.pose.output_dir or out / "twostage-data") / "hands.jsonl"
+    hands = args.hands or default_output_dir(config) / "hands.jsonl"
     folder = train_handgen(config, hands, out)
     log.info("hand generator -> %s", folder)
     return 0

@@ -55,6 +55,7 @@ from handsynth.training.trainer import (
 )
 from handsynth.twostage.blending import check_blend_settings
 from handsynth.twostage.canvas import canvas_from_mask, latent_mask
+from handsynth.twostage.dataset import default_output_dir
 from handsynth.twostage.outpaint_models import (
     LORA_TARGETS,
     OutpaintModels,
@@ -336,10 +337,6 @@ def check_outpaint_settings(config: Config) -> None:
     check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
 
 
-def default_data_dir(config: Config) -> Path:
-    return Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
-
-
 def default_lora_dir(config: Config) -> Path:
     return Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
 
@@ -351,7 +348,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
     check_outpaint_settings(config)
     config = resolve_auto_settings(config)
     settings = config.outpaint
-    data_dir = Path(data_dir) if data_dir else default_data_dir(config)
+    data_dir = Path(data_dir) if data_dir else default_output_dir(config)
     work = Path(config.run.output_dir) / "train" / "outpaint"
     acc = make_accelerator(config, work)
     items = read_outpaint_items(data_dir, "train", settings.max_images)
