@@ -4,7 +4,7 @@
 Two settings:
 - paper: fp32, torch Adam, no gradient checkpointing;
 - default: what `handsynth handgen train` does on a CUDA GPU with bitsandbytes installed
-  (`train.mixed_precision` and `train.optimizer` "auto", `--gradient-checkpointing`): fp32 master
+  (`train.mixed_precision` and `train.optimizer` "auto", gradient checkpointing on): fp32 master
   weights and gradients under bf16 autocast, bitsandbytes' 8-bit Adam, frozen VAE and text encoder in
   bf16, activations recomputed in the backward pass.
 
