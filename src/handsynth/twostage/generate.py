@@ -12,7 +12,8 @@ the square image to make (`twostage.size`), centred and scaled to fit. Output, i
   (what `handsynth evaluate --method twostage` reads);
 - `grid.png`: pose | hand | canvas | result for the first images.
 
-A restart skips every pose that already has a record and an image.
+A restart skips every pose that already has a record and an image; one made with other settings is
+an error naming them (choose another --out), never overwritten.
 """
 
 from __future__ import annotations
@@ -153,7 +154,17 @@ def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
     return path
 
 
-SETTINGS_KEYS = ("prompt", "seed", "blending", "blend_noise", "steps", "guidance", "unmasked_steps", "width")
+SETTINGS_KEYS = (
+    "prompt",
+    "keypoints",
+    "seed",
+    "blending",
+    "blend_noise",
+    "steps",
+    "guidance",
+    "unmasked_steps",
+    "width",
+)
 
 
 def generate_twostage(
@@ -167,16 +178,15 @@ def generate_twostage(
     """Make one image per pose job into `out_dir`; return every record (in job order).
 
     `pipe`: a loaded TwoStagePipeline (else it is loaded from the config). Job n uses seed
-    `run.seed + n`, so any image can be made again alone. Stage 2 runs with `[outpaint]`, overridden by
+    `run.seed + n`, so any image can be made again alone. A pose already made with other settings in
+    `out_dir` is an error, not an overwrite. Stage 2 runs with `[outpaint]`, overridden by
     `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
     """
     out_dir = Path(out_dir)
     settings = {**vars(config.outpaint), **outpaint_settings}
     size = config.twostage.size
-    done = {r["key"]: r for r in files.read_jsonl(out_dir / "records.jsonl")} if out_dir.is_dir() else {}
-    records = []
-    for n, job in enumerate(tqdm(jobs, desc="two-stage", disable=not progress, unit="img")):
-        record = {
+    plan = [
+        {
             "key": job.key,
             "image": f"images/{job.key}.png",
             "intermediates": f"intermediates/{job.key}",
@@ -188,10 +198,11 @@ def generate_twostage(
             "source": job.source,
             **{k: settings[k] for k in ("blending", "blend_noise", "steps", "guidance", "unmasked_steps")},
         }
-        old = done.get(job.key)
-        if old and all(old.get(k) == record[k] for k in SETTINGS_KEYS) and (out_dir / old["image"]).is_file():
-            records.append(old)
-            continue
+        for n, job in enumerate(jobs)
+    ]
+    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("image",), key="key", what="the pose")
+    todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
+    for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
         if pipe is None:
             pipe = load_pipeline(config)
         result = pipe(
@@ -209,8 +220,10 @@ def generate_twostage(
         save_intermediates(out_dir / record["intermediates"], result)
         files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
         files.append_jsonl(out_dir / "records.jsonl", record)
-        records.append(record)
-    others = [r for key, r in done.items() if key not in {job.key for job in jobs}]
+        done[job.key] = record
+    records = [done[job.key] for job in jobs]
+    kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
+    others = [r for r in kept if r["key"] not in done]
     files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
     write_grid(out_dir, records)
     save_config(config, out_dir / "config.toml")

@@ -46,9 +46,8 @@ from handsynth.training.diffusion import (
     ready_for_training,
 )
 from handsynth.training.trainer import (
-    OPTIMIZERS,
-    PRECISIONS,
     Trainer,
+    add_training_arguments,
     check_settings,
     make_accelerator,
     resolve_auto_settings,
@@ -447,41 +446,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", dest="outpaint.batch_size", type=int, help="batch per process (16)")
     train.add_argument("--epochs", dest="outpaint.epochs", type=int, help="passes over the images (1)")
     train.add_argument("--max-images", dest="outpaint.max_images", type=int, help="use the first N (0: all)")
-    train.add_argument(
-        "--mixed-precision",
-        dest="train.mixed_precision",
-        choices=("auto", *PRECISIONS),
-        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16",
-    )
-    train.add_argument(
-        "--optimizer",
-        dest="train.optimizer",
-        choices=("auto", *OPTIMIZERS),
-        help="auto (adam8bit on CUDA with bitsandbytes, else adam), adam or adam8bit",
-    )
-    train.add_argument(
-        "--gradient-checkpointing",
-        dest="train.gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute activations in the backward pass (less memory, slower)",
-    )
-    train.add_argument(
-        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints"
-    )
-    train.add_argument(
-        "--validate-every", dest="train.validate_every", type=int, help="steps between validation grids"
-    )
-    train.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
-    train.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
-    train.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    train.add_argument(
-        "--resume",
-        dest="train.init_from",
-        action="store_const",
-        const="resume",
-        help="continue from the last checkpoint in <output-dir>/train/outpaint/checkpoints",
-    )
+    add_training_arguments(train, "<output-dir>/train/outpaint")
     train.set_defaults(func=run_train)
 
 
