@@ -19,7 +19,7 @@ SMALL = ["--gestures", "call,palm", "--images-per-gesture", "8", "--n-train", "4
          "--set", "generate.steps=4", "--set", "train.embedding_steps=3", "--set", "train.unet_steps=3",
          "--set", "data.synthetic_size=256", "--set", "features.workers=1",
          "--set", "pose.n_train=3", "--set", "pose.n_test=2", "--set", "pose.workers=1",
-         "--set", "handgen.epochs=1", "--set", "handgen.steps=3", "--set", "outpaint.steps=3",
+         "--set", "handgen.epochs=1", "--set", "handgen.steps=3", "--set", "outpaint.steps=4",
          "--set", "twostage.size=64", "--set", "pose.image_size=64",
          "--set", "pose.crop_size=32"]  # fmt: skip
 HAND1000_ONLY = ["--set", 'run.methods=["hand1000"]']

@@ -92,6 +92,13 @@ def run_blending_ablation(
 
     modes = list(config.twostage.ablation)
     check_modes(modes)
+    masked = config.outpaint.steps - config.outpaint.unmasked_steps
+    if {"sequential", "naive"} <= set(modes) and masked < 2:
+        log.warning(
+            "outpaint.steps = %d with unmasked_steps = %d leaves %d masked step(s): the sequential "
+            "expansion has nothing to expand and equals the naive blend; raise outpaint.steps",
+            config.outpaint.steps, config.outpaint.unmasked_steps, masked,
+        )  # fmt: skip
     out = Path(out)
     pipe = pipe or load_pipeline(config)
     rows, records = [], {}
