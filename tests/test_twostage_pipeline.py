@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -76,6 +77,24 @@ def test_the_encoders_are_shared_when_their_weights_are_equal(pipe):
     # the tiny SD and the tiny inpainting model are built on the same tiny VAE and CLIP
     assert pipe.shares_encoders
     assert pipe.hand_generator.vae is pipe.outpainter.models.vae
+
+
+def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pipe):
+    pose, text_encoder = toy_pose(SIZE), pipe.outpainter.models.text_encoder
+    own_copy = copy.deepcopy(text_encoder)
+    batches = []
+    handle = text_encoder.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    try:
+        shared = run(pipe, pose)
+        assert batches == [2]  # the prompt and the empty prompt, for two crops and two stages
+        pipe.hand_generator.text_encoder = own_copy  # each stage encodes for itself
+        batches.clear()
+        separate = run(pipe, pose)
+    finally:
+        pipe.hand_generator.text_encoder = text_encoder
+        handle.remove()
+    assert batches == [2]  # the outpainter's negative prompt and prompt; the hand stage used its copy
+    assert np.array_equal(shared.image, separate.image)
 
 
 def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):

@@ -27,6 +27,7 @@ import torch
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
 from handsynth.twostage.crops import CROP_MARGIN, CropPlan, plan_crops, to_box
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
@@ -102,11 +103,12 @@ class TwoStagePipeline:
         return cls(hands, outpainter, crop_margin)
 
     @property
+    def shares_text_encoder(self) -> bool:
+        return self.hand_generator.text_encoder is self.outpainter.models.text_encoder
+
+    @property
     def shares_encoders(self) -> bool:
-        models = self.outpainter.models
-        return (
-            self.hand_generator.vae is models.vae and self.hand_generator.text_encoder is models.text_encoder
-        )
+        return self.hand_generator.vae is self.outpainter.models.vae and self.shares_text_encoder
 
     def __call__(
         self,
@@ -134,6 +136,9 @@ class TwoStagePipeline:
             )
         size = self.hand_generator.resolution
         keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
+        models = self.outpainter.models
+        # one text encoder: the prompt and the empty prompt are encoded once for both stages
+        encoder = PromptEncoder(models.text_encoder) if self.shares_text_encoder else None
         drawn = self.hand_generator(
             hand_prompt or prompt,
             keypoints=keypoints,
@@ -143,6 +148,7 @@ class TwoStagePipeline:
             height=size,
             width=size,
             progress=progress,
+            prompt_encoder=encoder,
         )
         hands = [
             HandCrop(image=np.asarray(image), mask=soft, keypoints=points)
@@ -161,6 +167,7 @@ class TwoStagePipeline:
             canvas,
             generator=torch.Generator().manual_seed(seed + 1),
             progress=progress,
+            prompt_encoder=encoder,
             **outpaint_settings,
         )
         return TwoStageResult(
