@@ -17,6 +17,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
 from handsynth.twostage.canvas import place_hands
 from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
+from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
 from handsynth.twostage.pipeline import TwoStagePipeline, hand_keypoints
 
 PROMPT = "a woman in a green coat raising both hands"
@@ -73,10 +74,23 @@ def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(
     assert len(first.outpaint.blend_masks) == 4 and len(first.outpaint.previews) == 2
 
 
-def test_the_encoders_are_shared_when_their_weights_are_equal(pipe):
+def test_the_encoders_are_shared_when_their_weights_are_equal(pipe, handgen_path):
+    import torch
+
     # the tiny SD and the tiny inpainting model are built on the same tiny VAE and CLIP
     assert pipe.shares_encoders
     assert pipe.hand_generator.vae is pipe.outpainter.models.vae
+    # built from parts, the constructor shares them too; a changed weight or dtype keeps its own
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    with torch.no_grad():
+        hands.vae.decoder.conv_out.bias[0] += 1e-3
+    hands.text_encoder.to(torch.bfloat16)
+    own_vae, own_text = hands.vae, hands.text_encoder
+    built = TwoStagePipeline(hands, pipe.outpainter)
+    assert hands.vae is own_vae and hands.text_encoder is own_text and not built.shares_encoders
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    assert hands.vae is not pipe.outpainter.models.vae
+    assert TwoStagePipeline(hands, pipe.outpainter).shares_encoders
 
 
 def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pipe):

@@ -53,10 +53,16 @@ class TwoStageResult:
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two modules have the same parameter names, shapes and values."""
+    """True when two modules have the same parameter names, shapes, dtypes, devices and values."""
+    if a is b:
+        return True
     first, second = a.state_dict(), b.state_dict()
     return first.keys() == second.keys() and all(
-        first[k].shape == second[k].shape and torch.equal(first[k], second[k]) for k in first
+        (x := first[k]).shape == (y := second[k]).shape
+        and x.dtype == y.dtype
+        and x.device == y.device
+        and torch.equal(x, y)
+        for k in first
     )
 
 
@@ -75,6 +81,13 @@ class TwoStagePipeline:
     def __init__(
         self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float = CROP_MARGIN
     ) -> None:
+        """The hand generator's VAE and text encoder are replaced by the outpainter's when they hold
+        the same weights, so one copy serves both stages."""
+        models = outpainter.models
+        if same_weights(hand_generator.vae, models.vae):
+            hand_generator.vae = models.vae
+        if same_weights(hand_generator.text_encoder, models.text_encoder):
+            hand_generator.text_encoder = models.text_encoder
         self.hand_generator = hand_generator
         self.outpainter = outpainter
         self.crop_margin = crop_margin
@@ -96,10 +109,6 @@ class TwoStagePipeline:
         outpainter = Outpainter.from_pretrained(base, controlnet, lora, device, dtype, settings)
         models = outpainter.models
         hands = HandGeneratorPipeline.from_pretrained(handgen, models.device, models.dtype)
-        if same_weights(hands.vae, models.vae):
-            hands.vae = models.vae
-        if same_weights(hands.text_encoder, models.text_encoder):
-            hands.text_encoder = models.text_encoder
         return cls(hands, outpainter, crop_margin)
 
     @property
