@@ -111,6 +111,39 @@ def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pi
     assert np.array_equal(shared.image, separate.image)
 
 
+def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
+    pipe, handgen_path, tiny_inpaint_path, tiny_controlnet_path
+):
+    import torch
+    from accelerate import cpu_offload_with_hook
+
+    offloaded = TwoStagePipeline.from_pretrained(
+        handgen_path, tiny_inpaint_path, tiny_controlnet_path, device="cpu"
+    )
+    hands, models = offloaded.hand_generator, offloaded.outpainter.models
+    # the pipelines place their tensors on the hook's execution device, not where the weights wait
+    _, hook = cpu_offload_with_hook(hands.model, torch.device("cuda", 0))
+    assert hands.device == torch.device("cuda", 0) and next(hands.model.parameters()).is_cpu
+    hook.remove()
+    offloaded.enable_model_cpu_offload("cpu")  # the CPU is the only device here; the hooks are the same
+    stages = {"hand": [hands.model], "outpaint": [models.controlnet, models.unet]}
+    for stage, parts in stages.items():
+        assert [hook.model for hook in offloaded.offload_hooks[stage]] == parts
+        assert all(part._hf_hook.execution_device == torch.device("cpu") for part in parts)
+    assert not hasattr(models.vae, "_hf_hook") and not hasattr(models.text_encoder, "_hf_hook")
+    events = []
+    for stage, hooks in offloaded.offload_hooks.items():
+        for hook in hooks:
+            hook.offload = lambda stage=stage, real=hook.offload: events.append(f"offload {stage}") or real()
+    hands.model.register_forward_pre_hook(lambda *_: events.append("hand"))
+    models.unet.register_forward_pre_hook(lambda *_: events.append("outpaint"))
+    result = run(offloaded, toy_pose(SIZE))
+    order = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
+    assert order == ["hand", "offload hand", "outpaint", "offload outpaint"]
+    assert events.count("offload outpaint") == 2  # the ControlNet and the UNet
+    assert np.array_equal(result.image, run(pipe, toy_pose(SIZE)).image)
+
+
 def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):
     pose = toy_pose(SIZE)
     sequential, naive = run(pipe, pose, blending="sequential"), run(pipe, pose, blending="naive")

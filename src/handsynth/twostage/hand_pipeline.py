@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
-from handsynth.hub import resolve_device
+from handsynth.hub import execution_device, resolve_device
 from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.hand_model import (
     CONDITION_CHANNELS,
@@ -191,7 +191,7 @@ class HandGeneratorPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.model.unet.device
+        return execution_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -11,7 +11,8 @@
    in every step and pasting the hand pixels back at the end (`Outpainter`).
 
 When the hand generator's VAE and text encoder hold the same weights as the outpainter's (SD 1.5 and
-SD 1.5 inpainting do), one copy serves both stages.
+SD 1.5 inpainting do), one copy serves both stages, and the prompt is encoded once for both.
+`enable_model_cpu_offload()` keeps only the running stage's denoiser on the GPU.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class TwoStagePipeline:
         self.hand_generator = hand_generator
         self.outpainter = outpainter
         self.crop_margin = crop_margin
+        self.offload_hooks: dict[str, list[Any]] = {}  # stage -> accelerate's UserCpuOffloadHooks
 
     @classmethod
     def from_pretrained(
@@ -110,6 +112,31 @@ class TwoStagePipeline:
         models = outpainter.models
         hands = HandGeneratorPipeline.from_pretrained(handgen, models.device, models.dtype)
         return cls(hands, outpainter, crop_margin)
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep each stage's denoiser on the CPU until the stage runs (accelerate's
+        `cpu_offload_with_hook`), so that one stage's at a time sits on `device`: the hand generator
+        goes back to the CPU once its crops are drawn, the outpainter's UNet and ControlNet once the
+        image is made. The VAE and text encoder, shared by both stages and small, stay on `device`."""
+        from accelerate import cpu_offload_with_hook
+
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # the hook compares it with cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
+        for hook in (hook for hooks in self.offload_hooks.values() for hook in hooks):
+            hook.remove()
+        hands, models = self.hand_generator, self.outpainter.models
+        for part in (hands.vae, hands.text_encoder, models.vae, models.text_encoder):
+            part.to(device)  # a shared one twice: the second is a no-op
+        stages = {"hand": [hands.model], "outpaint": [models.controlnet, models.unet]}
+        self.offload_hooks = {
+            stage: [cpu_offload_with_hook(model, device)[1] for model in parts]
+            for stage, parts in stages.items()
+        }
+
+    def _offload(self, stage: str) -> None:
+        for hook in self.offload_hooks.get(stage, []):
+            hook.offload()
 
     @property
     def shares_text_encoder(self) -> bool:
@@ -159,6 +186,7 @@ class TwoStagePipeline:
             progress=progress,
             prompt_encoder=encoder,
         )
+        self._offload("hand")
         hands = [
             HandCrop(image=np.asarray(image), mask=soft, keypoints=points)
             for image, soft, points in zip(drawn.images, drawn.masks, keypoints, strict=True)
@@ -179,6 +207,7 @@ class TwoStagePipeline:
             prompt_encoder=encoder,
             **outpaint_settings,
         )
+        self._offload("outpaint")
         return TwoStageResult(
             image=result.image,
             crops=plans,
