@@ -107,3 +107,27 @@ def test_the_recommended_config_is_the_toolkits_defaults_on_the_papers_setting()
         }
         assert differs == {}, f"[{section}] leaves the toolkit's defaults: {differs}"
     assert config.run.output_dir != load_config(CONFIGS / "hand1000-reference.toml").run.output_dir
+
+
+def test_the_twostage_config_is_the_papers_setting():
+    """configs/twostage.toml holds seed 004's numbers and models (§III, §IV) and runs that method only."""
+    from handsynth.data.gestures import check_gesture
+
+    config = load_config(CONFIGS / "twostage.toml")
+    assert config.run.methods == ["twostage"]
+    pose, handgen, outpaint = config.pose, config.handgen, config.outpaint
+    assert len(pose.gestures) == 18 and [check_gesture(g) for g in pose.gestures] == pose.gestures
+    assert 18 * pose.n_train == pytest.approx(80_000, rel=0.01)  # HaGRID's share of the training crops
+    assert 18 * pose.n_test == pytest.approx(12_000, rel=0.01)
+    assert (pose.image_size, pose.crop_size, pose.min_mask_pixels) == (512, 512, 2500)
+    assert (pose.sam_model, pose.captioner) == ("facebook/sam-vit-huge", "llava")
+    assert pose.captioner_model == "llava-hf/llava-1.5-7b-hf"
+    assert handgen.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert (handgen.mask_loss_weight, handgen.mask_dropout) == (0.05, 0.5)
+    assert (handgen.lr, handgen.batch_size, handgen.epochs) == (1e-5, 32, 5)
+    assert outpaint.base == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    assert outpaint.controlnet == "lllyasviel/control_v11p_sd15_openpose"
+    assert (outpaint.lora_rank, outpaint.batch_size) == (8, 16)
+    assert (outpaint.blending, outpaint.unmasked_steps) == ("sequential", 2)
+    assert config.twostage.ablation == ["sequential", "naive", "bbox"]
+    assert config.evaluate.twostage_feature_dims[0] == 192 and config.evaluate.fg_masks == "sam"

@@ -1,7 +1,9 @@
-"""The main job end to end: `handsynth demo` at a small size, its report in a real browser, resume."""
+"""The main job end to end: `handsynth demo` (both methods) at a small size, its report in a real
+browser, resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,7 +17,12 @@ from handsynth.cli import main
 
 SMALL = ["--gestures", "call,palm", "--images-per-gesture", "8", "--n-train", "4", "--n-test", "4",
          "--set", "generate.steps=4", "--set", "train.embedding_steps=3", "--set", "train.unet_steps=3",
-         "--set", "data.synthetic_size=256", "--set", "features.workers=1"]  # fmt: skip
+         "--set", "data.synthetic_size=256", "--set", "features.workers=1",
+         "--set", "pose.n_train=3", "--set", "pose.n_test=2", "--set", "pose.workers=1",
+         "--set", "handgen.epochs=1", "--set", "handgen.steps=3", "--set", "outpaint.steps=3",
+         "--set", "twostage.size=64", "--set", "pose.image_size=64",
+         "--set", "pose.crop_size=32"]  # fmt: skip
+HAND1000_ONLY = ["--set", 'run.methods=["hand1000"]']
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,51 @@ def test_demo_writes_every_artefact(demo_run):
         assert np.isfinite(metrics["fid"]["value"]) and metrics["fid"]["value"] >= 0
         assert {"kid", "hand_conf", "gesture_accuracy"} <= set(metrics)
     steps = sorted(p.stem for p in (out / "steps").glob("*.json"))
-    assert steps == sorted(step.name for step in run.STEPS)
+    assert steps == sorted(step.name for step in [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.REPORT])
+
+
+def test_demo_writes_the_two_stage_chains_artefacts(demo_run):
+    out = demo_run
+    for path in ["twostage-data/images.jsonl", "twostage-data/hands.jsonl", "twostage-data/report.json",
+                 "twostage-data/contact_sheet.png", "models/handgen/mask_head/config.json",
+                 "models/outpaint-lora/outpaint.json", "twostage/samples/grid.png",
+                 "twostage/eval/report.md", "twostage/eval/samples.png", "twostage/ablation/ablation.md",
+                 "twostage/ablation/comparison.png", "report/twostage-loss.png"]:  # fmt: skip
+        assert (out / path).is_file(), path
+    unet = json.loads((out / "models" / "handgen" / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == 15
+    tests = [
+        r for r in map(json.loads, (out / "twostage-data" / "images.jsonl").open()) if r["split"] == "test"
+    ]
+    records = [json.loads(line) for line in (out / "twostage" / "samples" / "records.jsonl").open()]
+    assert sorted(r["key"] for r in records) == sorted(r["key"] for r in tests) and len(records) == 4
+    for record in records:
+        folder = out / "twostage" / "samples" / record["intermediates"]
+        for name in ("hand-0.png", "hand-0-mask.png", "canvas.png", "canvas-mask.png", "condition.png",
+                     "blend-masks.npz", "strip.png"):  # fmt: skip
+            assert (folder / name).is_file(), (record["key"], name)
+        assert (out / "twostage" / "samples" / record["image"]).is_file()
+    report = json.loads((out / "twostage" / "eval" / "report.json").read_text())
+    keys = {"dap", "dap_hands", "mpjpe", "mpjpe_hands", "fid", "kid", "fid_fg", "kid_fg", "clipsim"}
+    assert set(report["metrics"]) == keys
+    assert report["settings"]["feature_dims"][0] == 192 and np.isfinite(report["metrics"]["fid"]["value"])
+    ablation = json.loads((out / "twostage" / "ablation" / "ablation.json").read_text())
+    assert [row["blending"] for row in ablation["rows"]] == ["sequential", "naive", "bbox"]
+    images = {
+        mode: [
+            (out / "twostage" / "ablation" / mode / "samples" / "images" / f"{r['key']}.png").read_bytes()
+            for r in records
+        ]  # fmt: skip
+        for mode in ("sequential", "naive", "bbox")
+    }
+    assert images["sequential"] != images["naive"] != images["bbox"]  # the same poses, other blends
+
+
+def test_a_second_demo_run_skips_every_step(demo_run, caplog):
+    with caplog.at_level(logging.INFO):
+        assert main(["demo", "--output-dir", str(demo_run), *SMALL]) == 0
+    skipped = [r.getMessage() for r in caplog.records if "done in an earlier run, skipped" in r.getMessage()]
+    assert len(skipped) == len(run.HAND1000_STEPS) + len(run.TWOSTAGE_STEPS) + 1
 
 
 def test_demo_report_loads_in_headless_chromium(demo_run):
@@ -73,9 +124,14 @@ def test_demo_report_loads_in_headless_chromium(demo_run):
     sources = [src for src, _ in images]
     assert "report/loss.png" in sources
     assert {"eval/call/samples.png", "eval/palm/samples.png", "samples/call/grid.png"} <= set(sources)
+    assert {"twostage/samples/grid.png", "twostage/eval/samples.png", "twostage/ablation/comparison.png",
+            "report/twostage-loss.png", "twostage-data/contact_sheet.png"} <= set(sources)  # fmt: skip
+    assert any(src.endswith("/strip.png") for src in sources)  # pose -> hand -> canvas -> blends -> result
     assert all(width > 0 for _, width in images), f"images that did not load: {images}"
     rows = dict(tables)
     assert rows["metrics"] == 3  # header + one row per gesture
+    assert rows["twostage-metrics"] == 2  # header + the run's row
+    assert rows["ablation"] == 4  # header + sequential, naive, bbox
     assert {"dataset-counts", "stage1", "steps"} <= set(rows)
 
 
@@ -88,21 +144,21 @@ def test_interrupted_demo_resumes_without_redoing_steps(tmp_path, monkeypatch, c
             calls[step.name] += 1
             return step.func(config, folder)
 
-        return run.Step(step.name, step.title, wrapped)
+        return dataclasses.replace(step, func=wrapped)
 
     def interrupt(config, folder):
         raise KeyboardInterrupt
 
-    steps = [counting(s) if s.name in calls else s for s in run.STEPS]
-    killed = [run.Step(s.name, s.title, interrupt) if s.name == "generate" else s for s in steps]
-    monkeypatch.setattr(run, "STEPS", killed)
-    assert main(["demo", "--output-dir", str(out), *SMALL]) == 130
+    steps = [counting(s) if s.name in calls else s for s in run.HAND1000_STEPS]
+    killed = [dataclasses.replace(s, func=interrupt) if s.name == "generate" else s for s in steps]
+    monkeypatch.setattr(run, "HAND1000_STEPS", killed)
+    assert main(["demo", "--output-dir", str(out), *SMALL, *HAND1000_ONLY]) == 130
     assert calls == {"features": 1, "train": 1}
     assert not (out / "steps" / "generate.json").exists()
 
-    monkeypatch.setattr(run, "STEPS", steps)
+    monkeypatch.setattr(run, "HAND1000_STEPS", steps)
     with caplog.at_level(logging.INFO):
-        assert main(["demo", "--output-dir", str(out), *SMALL]) == 0
+        assert main(["demo", "--output-dir", str(out), *SMALL, *HAND1000_ONLY]) == 0
     assert calls == {"features": 1, "train": 1}  # not run again
     skipped = [r.getMessage() for r in caplog.records if "done in an earlier run, skipped" in r.getMessage()]
     assert len(skipped) == 4  # dataset, quality, features, train

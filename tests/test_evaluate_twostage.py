@@ -131,7 +131,7 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
             if i == 2:
                 found[HAND_INDICES, 2] = 0
         expected.append(found)
-    poses = pose_metrics.pose_metrics(truths, expected, [(FRAME, FRAME)] * 5)
+    poses = pose_metrics.pose_metrics(truths, expected, [(FRAME, FRAME)] * 5, area=Config().evaluate.dap_area)
     for key in ("dap", "dap_hands", "mpjpe", "mpjpe_hands"):
         assert m[key] == pytest.approx(poses[key]), key
     assert m["mpjpe"]["detection_rate"] == 0.8 and m["mpjpe_hands"]["detection_rate"] == 0.6
@@ -303,3 +303,31 @@ def test_bad_records_settings_and_manifests_are_named(tmp_path):
     config.evaluate.twostage_feature_dims = [100]
     with pytest.raises(HandsynthError, match="twostage_feature_dims"):
         ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print)
+
+
+@pytest.mark.slow
+def test_person_masks_come_from_holistic_or_from_sam_prompted_with_its_body(hagrid_mini, tmp_path):
+    from handsynth.evaluation.evaluate_twostage import PersonMasks
+    from handsynth.files import load_rgb
+    from handsynth.perception.pose import PoseDetector
+    from handsynth.tiny.sam import write_tiny_sam
+
+    photos = sorted((hagrid_mini / "images").glob("*/*.jpg"))
+    sam = write_tiny_sam(tmp_path / "sam")
+    with PoseDetector(segmentation=True) as detector:
+        with_body = next(p for p in photos if detector.detect(load_rgb(p)).body)
+        without = next(p for p in photos if not detector.detect(load_rgb(p)).body)
+        holistic = PersonMasks(detector, "holistic")
+        prompted = PersonMasks(detector, "sam", str(sam), "cpu")
+        rgb = load_rgb(with_body)
+        expected = detector.detect(rgb).person_mask()
+        np.testing.assert_array_equal(holistic(rgb), expected)
+        mask = prompted(rgb)
+        assert mask.shape == rgb.shape[:2] and mask.dtype == bool
+        np.testing.assert_array_equal(mask, prompted.sam.segment_person(rgb, detector.detect(rgb).keypoints))
+        assert prompted(load_rgb(without)) is None and holistic(load_rgb(without)) is None
+        assert "SAM" in prompted.name and holistic.name == "holistic segmentation"
+        with pytest.raises(HandsynthError, match="evaluate.fg_masks must be one of holistic, sam"):
+            PersonMasks(detector, "grabcut")
+        with pytest.raises(HandsynthError, match='fg_masks = "sam" needs pose.sam_model'):
+            PersonMasks(detector, "sam", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,8 @@ def test_train_then_generate_resumably(tiny_sd_path, hands_manifest, tmp_path, c
     assert grid.size == (3 * 64, 4 * 64)  # heatmap | hand | mask, for 4 hands
     rows = [json.loads(line) for line in (run / "train" / "handgen" / "loss.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all({"ldm", "mask"} <= set(r) for r in rows)
+    saved = tomllib.loads((run / "train" / "handgen" / "config.toml").read_text())
+    assert saved["train"]["gradient_checkpointing"] is True  # the command's default
     assert isinstance(HandGeneratorPipeline.from_pretrained(folder, device="cpu"), HandGeneratorPipeline)
 
     generate = ["handgen", "generate", "--output-dir", str(run), "--keypoints", str(hands_manifest)]

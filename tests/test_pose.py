@@ -258,3 +258,22 @@ def test_detector_and_segmenter_as_the_evaluation_takes_them(hagrid_mini):
         assert detector.pose_and_scores(empty) is None and detector.person_mask(empty) is None
     with PoseDetector(fill_hands=False) as detector, pytest.raises(HandsynthError, match="segmentation=True"):
         detector.person_mask(call)
+
+
+def test_the_pose_and_the_mask_of_one_image_cost_one_holistic_run(hagrid_mini):
+    """The two-stage evaluation asks for the pose and then the person mask of each image."""
+    call = load_rgb(next((hagrid_mini / "images" / "call").glob("*.jpg")))
+    palm = load_rgb(next((hagrid_mini / "images" / "palm").glob("*.jpg")))
+    with PoseDetector(segmentation=True) as detector:
+        pose, scores = detector.pose_and_scores(call)
+        mask = detector.person_mask(call)
+        again = detector.detect(call.copy())  # equal pixels in another array: the kept result
+        assert detector.calls == 1
+        detector.detect(palm)
+        assert detector.calls == 2
+    with PoseDetector(segmentation=True) as fresh:
+        alone = fresh.detect(call)
+    np.testing.assert_array_equal(pose, alone.keypoints)
+    np.testing.assert_array_equal(scores, alone.scores)
+    assert (mask is None) == (alone.person_mask() is None)
+    np.testing.assert_array_equal(again.keypoints, pose)

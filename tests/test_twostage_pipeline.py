@@ -207,11 +207,20 @@ def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypa
     real_call = type(pipe).__call__
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: calls.append(k) or real_call(*a, **k))
     assert generate_twostage(config, jobs, out, pipe=pipe, progress=False) == records and not calls
+    made = (out / "images" / "p0.png").read_bytes()
     config.outpaint.blending = "naive"
-    again = generate_twostage(config, jobs[:1], out, pipe=pipe, progress=False)
-    assert len(calls) == 1 and calls[0]["blending"] == "naive" and again[0]["blending"] == "naive"
-    kept = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert [(r["key"], r["blending"]) for r in kept] == [("p0", "naive"), ("p1", "sequential")]
+    with pytest.raises(
+        HandsynthError, match=r"holds the pose p0 made with other settings \(blending differ\)"
+    ):
+        generate_twostage(config, jobs[:1], out, pipe=pipe, progress=False)
+    assert not calls and (out / "images" / "p0.png").read_bytes() == made  # nothing overwritten
+    # a pose of the set made alone keeps the records of the others
+    (out / "images" / "p1.png").unlink()
+    config.outpaint.blending = "sequential"
+    again = generate_twostage(config, jobs[1:], out, pipe=pipe, progress=False)
+    assert len(calls) == 1 and again[0]["key"] == "p1"
+    kept = [json.loads(line)["key"] for line in (out / "records.jsonl").read_text().splitlines()]
+    assert kept == ["p1", "p0"]
 
 
 def test_the_command_names_a_missing_hand_generator(tmp_path, capsys):

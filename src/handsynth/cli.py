@@ -21,10 +21,10 @@ COMMAND_MODULES = [
     "handsynth.data.dataset",
     "handsynth.hand1000.features",
     "handsynth.evaluation.evaluate",
-    "handsynth.twostage.commands",
+    "handsynth.twostage.pose_cli",
     "handsynth.twostage.handgen_cli",
     "handsynth.twostage.outpaint_trainer",
-    "handsynth.twostage.generate",
+    "handsynth.twostage.generate_cli",
 ]
 
 

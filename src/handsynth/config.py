@@ -29,6 +29,7 @@ class RunSection:
     output_dir: str = "runs/demo"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    methods: list[str] = field(default_factory=lambda: ["hand1000"])  # `handsynth run`: hand1000, twostage
 
 
 @dataclass
@@ -204,7 +205,23 @@ class EvaluateSection:
     grid_images: int = 8  # real and generated samples shown on the report page
     # two-stage method: FID/KID taps, the first reported as fid/kid (seed 004: 192; 768 in its ablation)
     twostage_feature_dims: list[int] = field(default_factory=lambda: [192, 768, 2048])
-    dap_area: str = "part"  # part: the evaluated keypoints' box | pose: the whole pose's box (COCO-WholeBody)
+    # DAP's object scale: pose, the w·h of the whole pose's keypoint box for every part (COCO-WholeBody's
+    # one area per person; seed 004's DAP-hands ≈ DAP despite a larger hand MPJPE needs it) | part
+    dap_area: str = "pose"
+    fg_masks: str = "holistic"  # the two-stage fg metrics' person masks: holistic | sam (pose.sam_model)
+    twostage_metrics: list[str] = field(
+        default_factory=lambda: [
+            "dap",
+            "dap_hands",
+            "mpjpe",
+            "mpjpe_hands",
+            "fid",
+            "kid",
+            "fid_fg",
+            "kid_fg",
+            "clipsim",
+        ]
+    )
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""`handsynth demo`: the whole Hand1000 chain offline, on tiny models and synthetic gesture data.
+"""`handsynth demo`: both methods' chains offline, on tiny models and synthetic gesture data.
 
 It is `handsynth run` with a small config whose model ids point at tiny random-weight models that
 the demo writes first: the same code paths and config format as a real run, in minutes on a CPU.
+The synthetic renderer writes each figure's whole-body pose and exact hand masks, so the two-stage
+chain needs neither SAM nor a Holistic detection for its data.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from handsynth.config import Config, add_config_arguments, comma_list, config_fr
 log = logging.getLogger(__name__)
 
 # Small enough for 2 CPU cores in minutes; synthetic images at 256 px so MediaPipe can find hands,
-# prepared at 128 px and trained at the tiny model's 64 px.
+# prepared at 128 px and trained at the tiny model's 64 px. The two-stage chain makes 128 px images
+# around hands drawn at the tiny hand generator's 64 px.
 DEMO_DEFAULTS = {
     "run.output_dir": "runs/demo",
+    "run.methods": ["hand1000", "twostage"],
     "data.gestures": ["call", "palm"],
     "data.synthetic_per_gesture": 24,
     "data.synthetic_size": 256,
@@ -35,23 +39,42 @@ DEMO_DEFAULTS = {
     "generate.width": 64,
     "generate.batch_size": 6,
     "evaluate.kid_subset_size": 12,
+    "pose.gestures": ["call", "palm"],
+    "pose.n_train": 8,
+    "pose.n_test": 4,
+    "pose.image_size": 128,
+    "pose.crop_size": 64,
+    "pose.sam_model": "",
+    "pose.caption_batch_size": 8,
+    "handgen.batch_size": 4,
+    "handgen.epochs": 2,
+    "handgen.lr": 1e-4,
+    "handgen.steps": 10,
+    "handgen.guidance": 3.0,
+    "outpaint.batch_size": 4,
+    "outpaint.lr": 1e-3,
+    "outpaint.steps": 10,
+    "outpaint.guidance": 3.0,
+    "outpaint.previews": 2,
+    "twostage.size": 128,
 }
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline offline on tiny models and a synthetic gesture dataset",
-        description="Write tiny random-weight models (SD, CLIP, LLM, Inception) and a synthetic "
-        "HaGRID-layout gesture dataset, then run the whole Hand1000 chain on them, as `handsynth run` "
-        "does with real models. Finished steps are skipped on a re-run.",
+        help="run both methods offline on tiny models and a synthetic gesture dataset",
+        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, CLIP, LLM, "
+        "LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses and hand "
+        "masks, then run the Hand1000 chain and the two-stage chain on them, as `handsynth run` does "
+        "with real models. Finished steps are skipped on a re-run.",
     )
     add_config_arguments(parser)
     parser.add_argument(
         "--gestures",
         dest="data.gestures",
         type=comma_list,
-        help="comma-separated gestures (default call,palm)",
+        help="comma-separated gestures of the Hand1000 chain (default call,palm)",
     )
     parser.add_argument(
         "--images-per-gesture",
@@ -69,18 +92,24 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 def with_tiny_models(config: Config) -> Config:
     """Write the tiny models under the run folder and point the config's model ids at them."""
+    from handsynth.tiny.captioners import write_tiny_llava
     from handsynth.tiny.clip import write_tiny_clip
+    from handsynth.tiny.controlnet import write_tiny_controlnet
     from handsynth.tiny.inception import write_random_inception
     from handsynth.tiny.llm import write_tiny_llm
-    from handsynth.tiny.sd import write_tiny_sd
+    from handsynth.tiny.sd import write_tiny_sd, write_tiny_sd_inpainting
 
     folder = Path(config.run.output_dir) / "tiny-models"
     seed = config.run.seed
-    config.model.base = str(write_tiny_sd(folder / "sd", seed=seed))
+    config.model.base = config.handgen.base = str(write_tiny_sd(folder / "sd", seed=seed))
     config.data.rewrite_model = str(write_tiny_llm(folder / "llm", seed=seed))
     clip = str(write_tiny_clip(folder / "clip", seed=seed))
     config.data.clip_model = config.evaluate.clip_model = clip
     config.evaluate.inception_weights = str(write_random_inception(folder / "inception.pth", seed=seed))
+    if "twostage" in config.run.methods:
+        config.outpaint.base = str(write_tiny_sd_inpainting(folder / "sd-inpainting", seed=seed))
+        config.outpaint.controlnet = str(write_tiny_controlnet(folder / "controlnet", seed=seed))
+        config.pose.captioner_model = str(write_tiny_llava(folder / "llava", seed=seed))
     return config
 
 

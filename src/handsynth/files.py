@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,3 +161,85 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     except OSError as exc:
         raise HandsynthError(f"cannot read image {path}: {exc}") from None
     return rgb_from_bytes(data, path)
+
+
+class DigestCache:
+    """A JSONL cache keyed by the sha256 of an input file: one result per file, or the reason it could
+    not be read (`errors`: the same bytes never decode). Each line is {"sha256", `field`: value} or
+    {"sha256", "error"}.
+
+    New entries go to disk in batches, at least every `flush_seconds` and in `flush`: one write and
+    fsync per image would cost the parent process, which shares the cores with the workers, half a
+    second per few hundred images. A killed run loses at most those seconds; a torn last line is cut.
+    """
+
+    def __init__(self, path: str | os.PathLike, field: str, flush_seconds: float = 2.0) -> None:
+        self.path = Path(path)
+        self.field = field
+        self.flush_seconds = flush_seconds
+        self.entries: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.pending: list[dict] = []
+        self.flushed_at = time.monotonic()
+        if self.path.is_file():
+            records = read_jsonl(self.path)
+            for record in records:
+                if "error" in record:
+                    self.errors[record["sha256"]] = record["error"]
+                else:
+                    self.entries[record["sha256"]] = record[field]
+            if not self.path.read_bytes().endswith(b"\n"):  # torn last line from a killed run
+                write_jsonl(self.path, records)
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.entries or digest in self.errors
+
+    def add(self, digest: str, value: Any) -> None:
+        self.entries[digest] = value
+        self._queue({"sha256": digest, self.field: value})
+
+    def add_error(self, digest: str, error: str) -> None:
+        self.errors[digest] = error
+        self._queue({"sha256": digest, "error": error})
+
+    def _queue(self, record: dict) -> None:
+        self.pending.append(record)
+        if time.monotonic() - self.flushed_at > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            append_jsonl(self.path, *self.pending)
+            self.pending = []
+        self.flushed_at = time.monotonic()
+
+
+def finished_records(
+    out_dir: str | os.PathLike,
+    plan: list[dict],
+    settings_keys: Iterable[str],
+    file_fields: Iterable[str] = ("file",),
+    key: str = "index",
+    what: str = "image",
+) -> dict[Any, dict]:
+    """The records of `<out_dir>/records.jsonl` whose files (`file_fields`, relative to `out_dir`) all
+    exist, by `key`, for a run that resumes. A record the `plan` also has but with other settings is an
+    error rather than work redone: redoing it would overwrite an image made another way."""
+    out_dir = Path(out_dir)
+    path = out_dir / "records.jsonl"
+    if not path.is_file():
+        return {}
+    planned = {r[key]: r for r in plan}
+    done = {}
+    for record in read_jsonl(path):
+        want = planned.get(record.get(key))
+        if want is None or not all((out_dir / record[f]).is_file() for f in file_fields):
+            continue
+        changed = [k for k in settings_keys if record.get(k) != want[k]]
+        if changed:
+            raise HandsynthError(
+                f"{out_dir} already holds {what} {record[key]} made with other settings "
+                f"({', '.join(changed)} differ); choose another output folder or delete this one"
+            )
+        done[record[key]] = record
+    return done

@@ -1,13 +1,16 @@
-"""`handsynth run --config my.toml`: the whole Hand1000 chain, one step after another.
+"""`handsynth run --config my.toml`: the chain of each method in `run.methods`, one step after another.
 
-dataset -> quality -> features -> train -> generate -> evaluate -> report, each reading the files the
-one before wrote under the run folder. A finished step leaves a marker in `steps/`; a re-run with the
-same config skips it, and a step cut short resumes from the work it had saved.
+Hand1000: dataset -> quality -> features -> train -> generate -> evaluate.
+Two-stage: pose data -> hand generator -> outpainter -> generate -> evaluate -> blending ablation.
+Then the report page. Each step reads the files the one before wrote under the run folder. A finished
+step leaves a marker in `steps/` with a fingerprint of the config sections it reads; a re-run skips it
+while those are unchanged, and a step cut short resumes from the work it had saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,11 +27,17 @@ from handsynth.errors import HandsynthError
 log = logging.getLogger(__name__)
 
 
+METHODS = ("hand1000", "twostage")
+HAND1000_SECTIONS = ("data", "features", "model", "train", "generate", "evaluate")
+TWOSTAGE_SECTIONS = ("data", "pose", "handgen", "outpaint", "twostage", "train", "evaluate")
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
     title: str
     func: Callable[[Config, Path], dict]
+    sections: tuple[str, ...]  # the config sections it reads, besides run.output_dir, seed and device
 
 
 def _dataset(config: Config, out: Path) -> dict:
@@ -88,37 +97,134 @@ def _evaluate(config: Config, out: Path) -> dict:
     return {"metrics": metrics}
 
 
+def _pose_data(config: Config, out: Path) -> dict:
+    from handsynth.twostage.dataset import build_pose_dataset
+
+    report = build_pose_dataset(config)
+    return {"counts": report.get("counts")}
+
+
+def _handgen(config: Config, out: Path) -> dict:
+    from handsynth.twostage.dataset import default_output_dir
+    from handsynth.twostage.hand_trainer import train_handgen
+
+    return {"model": str(train_handgen(config, default_output_dir(config) / "hands.jsonl", out))}
+
+
+def _outpaint(config: Config, out: Path) -> dict:
+    from handsynth.twostage.outpaint_trainer import train_outpainter
+
+    return {"lora": str(train_outpainter(config))}
+
+
+def _twostage_jobs(config: Config) -> list:
+    from handsynth.twostage.generate import default_poses, read_pose_jobs
+
+    return read_pose_jobs(default_poses(config), config.twostage.size, max_poses=config.twostage.max_poses)
+
+
+def _twostage_generate(config: Config, out: Path) -> dict:
+    from handsynth.twostage.generate import generate_twostage
+
+    return {"images": len(generate_twostage(config, _twostage_jobs(config), out / "twostage" / "samples"))}
+
+
+def _twostage_evaluate(config: Config, out: Path) -> dict:
+    from handsynth.evaluation.evaluate_twostage import evaluate_samples, headline
+    from handsynth.twostage.dataset import default_output_dir
+
+    samples, real = out / "twostage" / "samples", default_output_dir(config)
+    return {"metrics": headline(evaluate_samples(config, samples, real, out / "twostage" / "eval"))}
+
+
+def _ablation(config: Config, out: Path) -> dict:
+    from handsynth.twostage.ablation import run_blending_ablation
+    from handsynth.twostage.dataset import default_output_dir
+
+    real = default_output_dir(config)
+    table = run_blending_ablation(config, _twostage_jobs(config), real, out / "twostage" / "ablation")
+    return {"rows": table["rows"]}
+
+
 def _report(config: Config, out: Path) -> dict:
     from handsynth.evaluation.report import write_run_report
 
-    page = write_run_report(out, [(step.name, step.title) for step in STEPS])
+    page = write_run_report(out, [(step.name, step.title) for step in steps_for(config)])
     return {"file": str(page.relative_to(out))}
 
 
-STEPS = [
-    Step("dataset", "dataset: select, prepare, caption, rewrite", _dataset),
-    Step("quality", "dataset quality: CLIP similarities", _quality),
-    Step("features", "Stage I: mean MediaPipe hand feature", _features),
-    Step("train", "Stages II+III: embedding optimisation and UNet fine-tuning", _train),
-    Step("generate", "generation on the test prompts", _generate),
-    Step("evaluate", "evaluation: FID, KID, FID-H, KID-H, HAND-CONF, gesture accuracy", _evaluate),
-    Step("report", "report page", _report),
+HAND1000_STEPS = [
+    Step("dataset", "dataset: select, prepare, caption, rewrite", _dataset, HAND1000_SECTIONS),
+    Step("quality", "dataset quality: CLIP similarities", _quality, HAND1000_SECTIONS),
+    Step("features", "Stage I: mean MediaPipe hand feature", _features, HAND1000_SECTIONS),
+    Step("train", "Stages II+III: embedding optimisation and UNet fine-tuning", _train, HAND1000_SECTIONS),
+    Step("generate", "generation on the test prompts", _generate, HAND1000_SECTIONS),
+    Step(
+        "evaluate",
+        "evaluation: FID, KID, FID-H, KID-H, HAND-CONF, gesture accuracy",
+        _evaluate,
+        HAND1000_SECTIONS,
+    ),
 ]
+TWOSTAGE_STEPS = [
+    Step("pose-data", "two-stage data: poses, masks, hand crops, captions", _pose_data, TWOSTAGE_SECTIONS),
+    Step("handgen", "stage 1: the multi-task hand generator", _handgen, TWOSTAGE_SECTIONS),
+    Step("outpaint", "stage 2: the ControlNet + LoRA outpainter", _outpaint, TWOSTAGE_SECTIONS),
+    Step(
+        "twostage-generate", "two-stage generation on the test poses", _twostage_generate, TWOSTAGE_SECTIONS
+    ),
+    Step(
+        "twostage-evaluate",
+        "two-stage evaluation: DAP, MPJPE, FID/KID (fg), CLIPSIM",
+        _twostage_evaluate,
+        TWOSTAGE_SECTIONS,
+    ),
+    Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, TWOSTAGE_SECTIONS),
+]
+REPORT = Step("report", "report page", _report, tuple(f.name for f in dataclasses.fields(Config)))
 
 
-def config_fingerprint(config: Config) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+def steps_for(config: Config) -> list[Step]:
+    chains = {"hand1000": HAND1000_STEPS, "twostage": TWOSTAGE_STEPS}
+    return [step for method in config.run.methods for step in chains[method]] + [REPORT]
+
+
+def config_fingerprint(config: Config, sections: tuple[str, ...]) -> str:
+    """A hash of the config sections a step reads; `run` counts without `methods` unless named."""
+    whole = config.to_dict()
+    run = {k: v for k, v in whole["run"].items() if k != "methods" or "run" in sections}
+    read = {"run": run, **{name: whole[name] for name in sections}}
+    return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_config(config: Config) -> None:
     """What can be checked before any work starts, so a typo does not fail an hour in."""
-    if not config.data.gestures:
-        raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
-    for gesture in config.data.gestures:
-        check_gesture(gesture)
-    from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
+    unknown = [m for m in config.run.methods if m not in METHODS]
+    if unknown or not config.run.methods:
+        raise HandsynthError(
+            f"run.methods lists methods among {', '.join(METHODS)}; got {config.run.methods}"
+        )
+    if "hand1000" in config.run.methods:
+        if not config.data.gestures:
+            raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
+        for gesture in config.data.gestures:
+            check_gesture(gesture)
+        from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
 
-    check_train_settings(config)
+        check_train_settings(config)
+    if "twostage" in config.run.methods:
+        from handsynth.twostage.ablation import check_modes
+        from handsynth.twostage.blending import check_blend_settings
+        from handsynth.twostage.dataset import check_pose_settings
+        from handsynth.twostage.hand_trainer import check_handgen_settings
+        from handsynth.twostage.outpaint_trainer import check_outpaint_settings
+
+        check_pose_settings(config)
+        check_handgen_settings(config)
+        check_outpaint_settings(config)
+        outpaint = config.outpaint
+        check_blend_settings(outpaint.blending, outpaint.blend_noise, outpaint.unmasked_steps)
+        check_modes(list(config.twostage.ablation))
 
 
 def run_pipeline(config: Config) -> Path:
@@ -126,10 +232,11 @@ def run_pipeline(config: Config) -> Path:
     check_config(config)
     out = Path(config.run.output_dir)
     save_config(config, out / "config.toml")
-    fingerprint = config_fingerprint(config)
-    for number, step in enumerate(STEPS, 1):
+    steps = steps_for(config)
+    for number, step in enumerate(steps, 1):
+        fingerprint = config_fingerprint(config, step.sections)
         marker = out / "steps" / f"{step.name}.json"
-        prefix = f"[{number}/{len(STEPS)}] {step.title}"
+        prefix = f"[{number}/{len(steps)}] {step.title}"
         if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
             log.info("%s: done in an earlier run, skipped", prefix)
             continue
@@ -147,9 +254,10 @@ def run_pipeline(config: Config) -> Path:
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run the whole Hand1000 chain from one config (skips finished steps)",
-        description="Run dataset, quality, features, train, generate, evaluate and report for every "
-        "gesture in the config. Finished steps are skipped; an interrupted step resumes.",
+        help="run the whole chain of each method in run.methods from one config (skips finished steps)",
+        description="Hand1000: dataset, quality, features, train, generate and evaluate for every gesture "
+        "in the config. Two-stage: pose data, hand generator, outpainter, generate, evaluate and the "
+        "blending ablation. Then the report page. Finished steps are skipped; an interrupted step resumes.",
     )
     add_config_arguments(parser)
     parser.set_defaults(func=run_command)
@@ -158,7 +266,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.config is None:
         raise HandsynthError(
-            "`handsynth run` needs --config: start from configs/hand1000.toml, or try `handsynth demo`"
+            "`handsynth run` needs --config: start from configs/hand1000.toml or configs/twostage.toml, "
+            "or try `handsynth demo`"
         )
     run_pipeline(config_from_args(args))
     return 0

@@ -407,18 +407,32 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument(
+        "--method",
+        choices=("hand1000", "twostage"),
+        default="hand1000",
+        help="hand1000 (per gesture) or twostage (DAP, DAP-hands, MPJPE, MPJPE-hands, FID/KID at 192, 768 "
+        "and 2048 dims, their fg variants, CLIPSIM; evaluate.twostage_metrics)",
+    )
+    parser.add_argument(
         "--real",
         type=Path,
         metavar="DIR",
-        help="dataset folder (test.jsonl) or image folder (default <run>/dataset)",
+        help="dataset folder (test.jsonl) or image folder (default <run>/dataset); twostage: the "
+        "two-stage dataset (images.jsonl, default <run>/twostage-data)",
     )
     parser.add_argument(
         "--generated",
         type=Path,
         metavar="DIR",
-        help="samples folder (<gesture>/records.jsonl) or image folder (default <run>/samples)",
+        help="samples folder (<gesture>/records.jsonl) or image folder (default <run>/samples); twostage: "
+        "a `twostage generate` folder (default <run>/twostage/samples)",
     )
-    parser.add_argument("--out", type=Path, metavar="DIR", help="report folder (default <run>/eval)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default <run>/eval, twostage <run>/twostage/eval)",
+    )
     parser.add_argument(
         "--gesture",
         action="append",
@@ -483,6 +497,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     run = Path(config.run.output_dir)
+    if args.method == "twostage":
+        return run_evaluate_twostage(args, config)
     real = args.real or run / "dataset"
     generated = args.generated or run / "samples"
     out = args.out or run / "eval"
@@ -502,6 +518,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         files.write_json(out / "summary.json", summary)
     for name, values in summary.items():
         log.info("%s: %s", name, ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+    return 0
+
+
+def run_evaluate_twostage(args: argparse.Namespace, config: Config) -> int:
+    from handsynth.evaluation.evaluate_twostage import evaluate_samples
+    from handsynth.evaluation.evaluate_twostage import headline as twostage_headline
+    from handsynth.twostage.dataset import default_output_dir
+
+    run = Path(config.run.output_dir)
+    out = args.out or run / "twostage" / "eval"
+    save_config(config, out / "config.toml")
+    generated = args.generated or run / "twostage" / "samples"
+    report = evaluate_samples(config, generated, args.real or default_output_dir(config), out)
+    log.info("two-stage: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in twostage_headline(report).items()))
     return 0
 
 

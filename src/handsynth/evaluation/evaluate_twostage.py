@@ -34,7 +34,6 @@ from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
-from handsynth.evaluation.evaluate import GRID_CELL
 from handsynth.perception.wholebody import check_pose
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 TWOSTAGE_METRICS = ("dap", "dap_hands", "mpjpe", "mpjpe_hands", "fid", "kid", "fid_fg", "kid_fg", "clipsim")
 POSE_METRICS = {"dap", "dap_hands", "mpjpe", "mpjpe_hands"}
 BACKGROUND = (0, 0, 0)
+GRID_CELL = 160  # px per sample in samples.png, as Hand1000's evaluation grid
 
 Detector = Callable[[np.ndarray], Any]
 Segmenter = Callable[[np.ndarray], Any]
@@ -487,3 +487,70 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------- generated folders, real detectors
+
+FG_MASKS = ("holistic", "sam")
+
+
+class PersonMasks:
+    """The fg metrics' segmenter: Holistic's person mask, or SAM prompted with Holistic's body pose."""
+
+    def __init__(self, detector: Any, kind: str, sam_model: str = "", device: str = "auto") -> None:
+        if kind not in FG_MASKS:
+            raise HandsynthError(f"evaluate.fg_masks must be one of {', '.join(FG_MASKS)}, got '{kind}'")
+        self.detector = detector
+        self.sam = None
+        self.name = "holistic segmentation"
+        if kind == "sam":
+            from handsynth.perception.sam import SamSegmenter
+
+            if not sam_model:
+                raise HandsynthError('evaluate.fg_masks = "sam" needs pose.sam_model (a SAM id or folder)')
+            self.sam = SamSegmenter.from_pretrained(sam_model, device, config_key="pose.sam_model")
+            self.name = f"SAM ({sam_model}) prompted with Holistic's body"
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        if self.sam is None:
+            return self.detector.person_mask(rgb)
+        found = self.detector.pose_and_scores(rgb)
+        if found is None or not (found[0][:23, 2] > 0).any():
+            return None
+        return self.sam.segment_person(rgb, found[0])
+
+
+def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
+    """The records of a `handsynth twostage generate` folder, image paths made whole."""
+    samples_dir = Path(samples_dir)
+    path = samples_dir / "records.jsonl"
+    if not path.is_file():
+        raise HandsynthError(
+            f"no records.jsonl in {samples_dir}; make the images with `handsynth twostage generate`"
+        )
+    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path)]
+
+
+def evaluate_samples(
+    config: Config,
+    samples_dir: str | os.PathLike,
+    real_manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    wanted: Sequence[str] | None = None,
+) -> dict:
+    """`evaluate_twostage` of a generated folder, with MediaPipe Holistic (hands filled from Hands) as
+    the pose detector and `evaluate.fg_masks` for the person masks."""
+    from handsynth.perception.pose import PoseDetector
+
+    wanted = list(wanted or config.evaluate.twostage_metrics)
+    records = read_samples(samples_dir)
+    need_masks = bool({"fid_fg", "kid_fg"} & set(wanted))
+    with PoseDetector(segmentation=need_masks and config.evaluate.fg_masks == "holistic") as detector:
+        segmenter = None
+        if need_masks:
+            segmenter = PersonMasks(
+                detector, config.evaluate.fg_masks, config.pose.sam_model, config.run.device
+            )
+        return evaluate_twostage(
+            config, records, real_manifest, out, detector.pose_and_scores, segmenter, wanted
+        )

@@ -1,4 +1,5 @@
-"""One HTML page per run: config, dataset, Stage I coverage, loss curves, sample grids, metrics.
+"""One HTML page per run: config, dataset, Stage I coverage, loss curves, sample grids, metrics, and for
+the two-stage method its walk from pose to image, its metrics and the blending ablation.
 
 It only reads what the steps wrote under the run folder, and links images by relative path, so the
 page can be opened straight from disk or served with the folder.
@@ -66,9 +67,10 @@ def _image(out: Path, path: Path, alt: str) -> str:
     return f'<p><img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}"></p>'
 
 
-def plot_losses(out: Path, gestures: list[str]) -> Path | None:
-    """Stage II and Stage III loss against optimiser step, one panel per gesture, as a PNG."""
-    logs = {g: files.read_jsonl(p) for g in gestures if (p := out / "train" / g / "loss.jsonl").is_file()}
+def plot_losses(out: Path, runs: list[str], name: str = "loss.png") -> Path | None:
+    """Each stage's loss against optimiser step, one panel per training run (`<out>/train/<run>/`:
+    Hand1000's gestures, or the two-stage trainers), as `<out>/report/<name>`."""
+    logs = {g: files.read_jsonl(p) for g in runs if (p := out / "train" / g / "loss.jsonl").is_file()}
     if not logs:
         return None
     import matplotlib
@@ -91,7 +93,7 @@ def plot_losses(out: Path, gestures: list[str]) -> Path | None:
         ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()
-    path = out / "report" / "loss.png"
+    path = out / "report" / name
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -182,6 +184,93 @@ def _metrics_section(out: Path, gestures: list[str]) -> str:
     return table + note + "\n".join(grids)
 
 
+TWOSTAGE_COLUMNS = [
+    ("dap", "DAP ↑"),
+    ("dap_hands", "DAP hands ↑"),
+    ("mpjpe", "MPJPE ↓"),
+    ("mpjpe_hands", "MPJPE hands ↓"),
+    ("fid", "FID ↓"),
+    ("kid", "KID ↓"),
+    ("fid_fg", "FID fg ↓"),
+    ("kid_fg", "KID fg ↓"),
+    ("clipsim", "CLIPSIM ↑"),
+]
+WALKTHROUGH = [
+    ("condition.png", "pose (OpenPose condition)"),
+    ("hand-0.png", "stage 1: hand"),
+    ("hand-0-mask.png", "its mask"),
+    ("canvas.png", "canvas"),
+    ("canvas-mask.png", "canvas mask m_c"),
+]
+
+
+def _figure(out: Path, path: Path, caption: str) -> str:
+    if not path.is_file():
+        return ""
+    src = html.escape(path.relative_to(out).as_posix())
+    return (
+        f'<figure style="display:inline-block;margin:4px"><img src="{src}" alt="{html.escape(caption)}" '
+        f'style="height:160px"><figcaption class="note">{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _twostage_section(out: Path) -> str:
+    from handsynth.evaluation.evaluate_twostage import headline
+
+    root, parts = out / "twostage", []
+    data = _read_json(out / "twostage-data" / "report.json")
+    if data:
+        counts = data.get("counts") or {}
+        parts.append("<h3>Data</h3>")
+        parts.append(
+            _table(["what", "count"], [[k, v] for k, v in counts.items() if not isinstance(v, dict)])
+        )
+        parts.append(_image(out, out / "twostage-data" / "contact_sheet.png", "two-stage data contact sheet"))
+    records = files.read_jsonl(root / "samples" / "records.jsonl") if (root / "samples").is_dir() else []
+    if records:
+        first = root / "samples" / records[0]["intermediates"]
+        parts.append("<h3>From pose to image</h3>")
+        parts.append("".join(_figure(out, first / name, caption) for name, caption in WALKTHROUGH))
+        parts.append(
+            '<p class="note">Stage 2, left to right: canvas | m_c | condition | blend masks of a few steps '
+            "(largest first) | x0 previews | decoded | final image with the hands pasted back.</p>"
+        )
+        parts.append(_image(out, first / "strip.png", "stage 2 strip"))
+        parts.append(_image(out, root / "samples" / "grid.png", "pose | hand | canvas | result"))
+    report = _read_json(root / "eval" / "report.json")
+    if report:
+        values = headline(report)
+        parts.append("<h3>Metrics</h3>")
+        columns = [(k, label) for k, label in TWOSTAGE_COLUMNS if k in values]
+        parts.append(
+            _table([label for _, label in columns], [[values[k] for k, _ in columns]], "twostage-metrics")
+        )
+        rate = report["metrics"].get("mpjpe", {}).get("detection_rate")
+        rate = "n/a" if rate is None else f"{rate:.0%}"
+        dims = report["settings"].get("feature_dims")
+        parts.append(
+            f'<p class="note">Poses detected by MediaPipe Holistic on {rate} of the generated images; '
+            f"FID and KID on {dims[0] if dims else '?'}-d Inception features "
+            "(others in <code>twostage/eval/report.json</code>); fg: background removed by a person mask.</p>"
+        )
+        parts.append(_image(out, root / "eval" / "samples.png", "ground-truth and detected poses"))
+    ablation = _read_json(root / "ablation" / "ablation.json")
+    if ablation:
+        parts.append("<h3>Blending ablation</h3>")
+        rows = [
+            [r["blending"], r["fid"], r["dap"], r["mpjpe"], r["detection_rate"]] for r in ablation["rows"]
+        ]
+        fid = f"FID ({ablation['rows'][0]['fid_dim']}-d) ↓"
+        parts.append(_table(["blending", fid, "DAP ↑", "MPJPE ↓", "detection rate"], rows, "ablation"))
+        parts.append(
+            _image(out, root / "ablation" / "comparison.png", "the same poses through each blending")
+        )
+    loss_plot = plot_losses(out, ["handgen", "outpaint"], "twostage-loss.png")
+    if loss_plot:
+        parts.append("<h3>Training loss</h3>" + _image(out, loss_plot, "two-stage training loss"))
+    return "\n".join(parts) or '<p class="note">no two-stage outputs</p>'
+
+
 def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
     """Write `<out>/report.html` from the files the run's steps left; return its path.
 
@@ -191,30 +280,40 @@ def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
     config_text = (out / "config.toml").read_text(encoding="utf-8") if (out / "config.toml").is_file() else ""
     import tomllib
 
-    gestures = tomllib.loads(config_text)["data"]["gestures"] if config_text else []
+    config = tomllib.loads(config_text) if config_text else {}
+    methods = config.get("run", {}).get("methods", ["hand1000"])
+    gestures = config["data"]["gestures"] if config and "hand1000" in methods else []
     timings = []
     for name, title in steps:
         marker = _read_json(out / "steps" / f"{name}.json")
         if marker:
             timings.append([title, marker.get("seconds")])
-    loss_plot = plot_losses(out, gestures)
     body = [
         f"<h1>handsynth run: {html.escape(out.name)}</h1>",
         f'<p class="note">{html.escape(str(out.resolve()))}</p>',
         _TINY_NOTE if (out / "tiny-models").is_dir() else "",
-        "<h2>Metrics</h2>",
-        _metrics_section(out, gestures),
-        "<h2>Dataset</h2>",
-        _dataset_section(out),
-        "<h2>Stage I: hand feature coverage</h2>",
-        _features_section(out, gestures),
-        "<h2>Stages II and III: training loss</h2>",
-        _image(out, loss_plot, "training loss") if loss_plot else '<p class="note">no loss logs</p>',
-        "<h2>Generated samples</h2>",
-        *[
-            f"<h3>{html.escape(g)}</h3>" + _image(out, out / "samples" / g / "grid.png", f"{g}: generated")
-            for g in gestures
-        ],  # fmt: skip
+    ]
+    if "hand1000" in methods:
+        loss_plot = plot_losses(out, gestures)
+        body += [
+            "<h2>Hand1000: metrics</h2>",
+            _metrics_section(out, gestures),
+            "<h2>Hand1000: dataset</h2>",
+            _dataset_section(out),
+            "<h2>Hand1000 Stage I: hand feature coverage</h2>",
+            _features_section(out, gestures),
+            "<h2>Hand1000 Stages II and III: training loss</h2>",
+            _image(out, loss_plot, "training loss") if loss_plot else '<p class="note">no loss logs</p>',
+            "<h2>Hand1000: generated samples</h2>",
+            *[
+                f"<h3>{html.escape(g)}</h3>"
+                + _image(out, out / "samples" / g / "grid.png", f"{g}: generated")
+                for g in gestures
+            ],  # fmt: skip
+        ]
+    if "twostage" in methods:
+        body += ["<h2>Two-stage pose-conditioned generation (Pelykh et al.)</h2>", _twostage_section(out)]
+    body += [
         "<h2>Steps</h2>",
         _table(["step", "seconds"], timings, "steps"),
         "<h2>Config</h2>",

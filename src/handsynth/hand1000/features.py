@@ -103,52 +103,11 @@ def _detector_settings(settings: FeaturesSection) -> dict:
     )
 
 
-class LandmarkCache:
-    """sha256 of an image file -> first-hand landmarks (21x3 list) or None (no hand), as JSONL.
-
-    Undecodable files are remembered too (`errors`): the same bytes never decode. New entries go to
-    disk in batches (`flush`): one write and fsync per image would cost the parent process, which
-    shares the cores with the workers, half a second per few hundred images.
-    """
+class LandmarkCache(files.DigestCache):
+    """sha256 of an image file -> first-hand landmarks (21x3 list) or None (no hand), as JSONL."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, list | None] = {}
-        self.errors: dict[str, str] = {}
-        self.pending: list[dict] = []
-        self.flushed_at = time.monotonic()
-        if path.is_file():
-            records = files.read_jsonl(path)
-            for record in records:
-                if "error" in record:
-                    self.errors[record["sha256"]] = record["error"]
-                else:
-                    self.entries[record["sha256"]] = record["landmarks"]
-            if not path.read_bytes().endswith(b"\n"):  # torn last line from a killed run
-                files.write_jsonl(path, records)
-
-    def __contains__(self, digest: str) -> bool:
-        return digest in self.entries or digest in self.errors
-
-    def add(self, digest: str, landmarks: list | None) -> None:
-        self.entries[digest] = landmarks
-        self._queue({"sha256": digest, "landmarks": landmarks})
-
-    def add_error(self, digest: str, error: str) -> None:
-        self.errors[digest] = error
-        self._queue({"sha256": digest, "error": error})
-
-    def _queue(self, record: dict) -> None:
-        self.pending.append(record)
-        if time.monotonic() - self.flushed_at > CACHE_FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the new entries: a killed run loses at most the last few seconds of detections."""
-        if self.pending:
-            files.append_jsonl(self.path, *self.pending)
-            self.pending = []
-        self.flushed_at = time.monotonic()
+        super().__init__(path, "landmarks", CACHE_FLUSH_SECONDS)
 
 
 _worker_detector: HandDetector | None = None

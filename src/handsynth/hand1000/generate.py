@@ -103,27 +103,6 @@ def plan_images(
     return plan
 
 
-def _finished(out_dir: Path, plan: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Records already on disk (with their image), checked against the plan."""
-    path = out_dir / "records.jsonl"
-    if not path.is_file():
-        return {}
-    planned = {r["index"]: r for r in plan}
-    done = {}
-    for record in files.read_jsonl(path):
-        want = planned.get(record.get("index"))
-        if want is None or not (out_dir / record["file"]).is_file():
-            continue
-        changed = [k for k in SETTINGS_KEYS if record.get(k) != want[k]]
-        if changed:
-            raise HandsynthError(
-                f"{out_dir} already holds image {record['index']} made with other settings "
-                f"({', '.join(changed)} differ); choose another samples folder or delete this one"
-            )
-        done[record["index"]] = record
-    return done
-
-
 def _load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
@@ -162,7 +141,7 @@ def generate_samples(
     g = config.generate
     out_dir = Path(out_dir)
     plan = plan_images(config, str(Path(model_folder).resolve()), prompts, keys)
-    done = _finished(out_dir, plan)
+    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("file",), what="image")
     todo = [r for r in plan if r["index"] not in done]
     if todo:
         if pipe is None:

@@ -63,9 +63,8 @@ from handsynth.training.diffusion import (
     ready_for_training,
 )
 from handsynth.training.trainer import (
-    OPTIMIZERS,
-    PRECISIONS,
     Trainer,
+    add_training_arguments,
     check_settings,
     make_accelerator,
     resolve_auto_settings,
@@ -663,47 +662,12 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--epochs", dest="train.unet_epochs", type=int, help="batched Stage III passes (default --unet-steps)"
     )
     parser.add_argument(
-        "--mixed-precision",
-        dest="train.mixed_precision",
-        choices=("auto", *PRECISIONS),
-        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16 (auto)",
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        dest="train.gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute UNet activations in the backward pass (less memory, slower)",
-    )
-    parser.add_argument(
-        "--optimizer",
-        dest="train.optimizer",
-        choices=("auto", *OPTIMIZERS),
-        help="UNet optimiser: auto (adam8bit on CUDA when bitsandbytes is installed, else adam), "
-        "adam, or adam8bit, bitsandbytes' 8-bit Adam (auto)",
-    )
-    parser.add_argument(
         "--lora-rank", dest="train.lora_rank", type=int, help="train a LoRA of this rank (0: full UNet)"
-    )
-    parser.add_argument(
-        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints"
-    )
-    parser.add_argument(
-        "--validate-every", dest="train.validate_every", type=int, help="steps between validation grids"
     )
     parser.add_argument(
         "--max-images", dest="train.max_images", type=int, help="use the first N images (0: all)"
     )
-    parser.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
-    parser.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
-    parser.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    parser.add_argument(
-        "--resume",
-        dest="train.init_from",
-        action="store_const",
-        const="resume",
-        help="continue from the last checkpoint in <output-dir>/train/<gesture>/checkpoints",
-    )
+    add_training_arguments(parser, "<output-dir>/train/<gesture>")
     parser.set_defaults(func=run_train)
 
 

@@ -142,7 +142,8 @@ class SourcePoses:
         return read_mask(path, width, height, record.image_path)
 
 
-def _check_config(config: Config) -> None:
+def check_pose_settings(config: Config) -> None:
+    """The `[pose]` keys, checked before any image is read."""
     from handsynth.data.captioning import KINDS
 
     pose = config.pose
@@ -356,7 +357,7 @@ def build_pose_dataset(
     progress: bool = True,
 ) -> dict:
     """Build (or finish building) the two-stage dataset, or one shard of it; returns the report."""
-    _check_config(config)
+    check_pose_settings(config)
     pose = config.pose
     started = time.perf_counter()
     out = shard_dir(Path(output_dir) if output_dir else default_output_dir(config), shard)

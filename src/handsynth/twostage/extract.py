@@ -42,28 +42,13 @@ def settings_tag() -> str:
     return f"mediapipe{version('mediapipe')}-holistic{HOLISTIC_COMPLEXITY}-handsfill"
 
 
-class PoseCache:
-    """sha256 of an image file -> its pose record, or the reason it could not be read, as JSONL.
-
-    New entries go to disk in batches, at least every CACHE_FLUSH_SECONDS, and in `flush`.
-    """
+class PoseCache(files.DigestCache):
+    """sha256 of an image file -> its pose record, or the reason it could not be read, as JSONL; with
+    the person masks found beside it in `person/<sha256>.png`."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / f"poses-{settings_tag()}.jsonl"
+        super().__init__(folder / f"poses-{settings_tag()}.jsonl", "pose", CACHE_FLUSH_SECONDS)
         self.person_dir = folder / "person"
-        self.entries: dict[str, dict] = {}
-        self.errors: dict[str, str] = {}
-        self.pending: list[dict] = []
-        self.flushed_at = time.monotonic()
-        if self.path.is_file():
-            records = files.read_jsonl(self.path)
-            for record in records:
-                if "error" in record:
-                    self.errors[record["sha256"]] = record["error"]
-                else:
-                    self.entries[record["sha256"]] = record["pose"]
-            if not self.path.read_bytes().endswith(b"\n"):  # torn last line from a killed run
-                files.write_jsonl(self.path, records)
 
     def person_mask_path(self, digest: str) -> Path:
         return self.person_dir / f"{digest}.png"
@@ -76,25 +61,6 @@ class PoseCache:
             return False
         # a pose cached without its person mask (by `pose extract`) is detected again for the mask
         return not (person_masks and pose["body"] and not self.person_mask_path(digest).is_file())
-
-    def add(self, digest: str, pose: dict) -> None:
-        self.entries[digest] = pose
-        self._queue({"sha256": digest, "pose": pose})
-
-    def add_error(self, digest: str, error: str) -> None:
-        self.errors[digest] = error
-        self._queue({"sha256": digest, "error": error})
-
-    def _queue(self, record: dict) -> None:
-        self.pending.append(record)
-        if time.monotonic() - self.flushed_at > CACHE_FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            files.append_jsonl(self.path, *self.pending)
-            self.pending = []
-        self.flushed_at = time.monotonic()
 
 
 _worker: PoseDetector | None = None

@@ -12,12 +12,12 @@ the square image to make (`twostage.size`), centred and scaled to fit. Output, i
   (what `handsynth evaluate --method twostage` reads);
 - `grid.png`: pose | hand | canvas | result for the first images.
 
-A restart skips every pose that already has a record and an image.
+A restart skips every pose that already has a record and an image; one made with other settings is
+an error naming them (choose another --out), never overwritten.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 from dataclasses import dataclass
@@ -29,10 +29,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from handsynth import files
-from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
-from handsynth.twostage.blending import BLENDINGS
 from handsynth.twostage.skeleton import draw_openpose
 
 log = logging.getLogger(__name__)
@@ -155,7 +154,17 @@ def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
     return path
 
 
-SETTINGS_KEYS = ("prompt", "seed", "blending", "blend_noise", "steps", "guidance", "unmasked_steps", "width")
+SETTINGS_KEYS = (
+    "prompt",
+    "keypoints",
+    "seed",
+    "blending",
+    "blend_noise",
+    "steps",
+    "guidance",
+    "unmasked_steps",
+    "width",
+)
 
 
 def generate_twostage(
@@ -169,16 +178,15 @@ def generate_twostage(
     """Make one image per pose job into `out_dir`; return every record (in job order).
 
     `pipe`: a loaded TwoStagePipeline (else it is loaded from the config). Job n uses seed
-    `run.seed + n`, so any image can be made again alone. Stage 2 runs with `[outpaint]`, overridden by
+    `run.seed + n`, so any image can be made again alone. A pose already made with other settings in
+    `out_dir` is an error, not an overwrite. Stage 2 runs with `[outpaint]`, overridden by
     `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
     """
     out_dir = Path(out_dir)
     settings = {**vars(config.outpaint), **outpaint_settings}
     size = config.twostage.size
-    done = {r["key"]: r for r in files.read_jsonl(out_dir / "records.jsonl")} if out_dir.is_dir() else {}
-    records = []
-    for n, job in enumerate(tqdm(jobs, desc="two-stage", disable=not progress, unit="img")):
-        record = {
+    plan = [
+        {
             "key": job.key,
             "image": f"images/{job.key}.png",
             "intermediates": f"intermediates/{job.key}",
@@ -190,10 +198,11 @@ def generate_twostage(
             "source": job.source,
             **{k: settings[k] for k in ("blending", "blend_noise", "steps", "guidance", "unmasked_steps")},
         }
-        old = done.get(job.key)
-        if old and all(old.get(k) == record[k] for k in SETTINGS_KEYS) and (out_dir / old["image"]).is_file():
-            records.append(old)
-            continue
+        for n, job in enumerate(jobs)
+    ]
+    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("image",), key="key", what="the pose")
+    todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
+    for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
         if pipe is None:
             pipe = load_pipeline(config)
         result = pipe(
@@ -211,8 +220,10 @@ def generate_twostage(
         save_intermediates(out_dir / record["intermediates"], result)
         files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
         files.append_jsonl(out_dir / "records.jsonl", record)
-        records.append(record)
-    others = [r for key, r in done.items() if key not in {job.key for job in jobs}]
+        done[job.key] = record
+    records = [done[job.key] for job in jobs]
+    kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
+    others = [r for r in kept if r["key"] not in done]
     files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
     write_grid(out_dir, records)
     save_config(config, out_dir / "config.toml")
@@ -234,6 +245,13 @@ def lora_dir(config: Config) -> Path | None:
     return folder
 
 
+def default_poses(config: Config) -> Path:
+    """twostage.poses, else the two-stage dataset (its images.jsonl; the test split is read)."""
+    from handsynth.twostage.dataset import default_output_dir
+
+    return Path(config.twostage.poses or default_output_dir(config))
+
+
 def load_pipeline(config: Config) -> Any:
     from handsynth.twostage.pipeline import TwoStagePipeline
 
@@ -252,62 +270,3 @@ def load_pipeline(config: Config) -> Any:
         settings=config.outpaint,
         crop_margin=config.pose.crop_margin,
     )
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "twostage",
-        help="the two-stage pose-conditioned method: pose + prompt -> image",
-        description="The two-stage method of Pelykh et al.: a hand generator draws the hands from the "
-        "pose's finger heatmaps, a ControlNet + LoRA outpainter paints the body around them.",
-    )
-    commands = parser.add_subparsers(dest="twostage_command", required=True, metavar="COMMAND")
-    generate = commands.add_parser(
-        "generate",
-        help="generate images for a list of poses and prompts (resumable)",
-        description="Generate one image per pose, writing images/, intermediates/, records.jsonl and "
-        "grid.png to --out (default <output-dir>/twostage/samples).",
-    )
-    add_config_arguments(generate)
-    source = generate.add_mutually_exclusive_group()
-    source.add_argument(
-        "--pose", type=Path, help="poses.jsonl or images.jsonl (default: twostage.poses, else the test split)"
-    )
-    source.add_argument("--pose-image", type=Path, help="a photo whose pose (MediaPipe Holistic) to draw")
-    generate.add_argument("--prompt", default="", help="the prompt for every pose (default: each row's)")
-    generate.add_argument("--out", type=Path, help="output folder (default <output-dir>/twostage/samples)")
-    generate.add_argument("--handgen", dest="handgen.model_dir", help="hand generator folder")
-    generate.add_argument("--lora", dest="outpaint.lora_dir", help="outpainter LoRA folder")
-    generate.add_argument(
-        "--blending", dest="outpaint.blending", choices=BLENDINGS, help="blend (sequential)"
-    )
-    generate.add_argument("--steps", dest="outpaint.steps", type=int, help="outpainter DDIM steps (50)")
-    generate.add_argument("--size", dest="twostage.size", type=int, help="image side in px (512)")
-    generate.add_argument("--max-poses", dest="twostage.max_poses", type=int, help="first N poses (0: all)")
-    generate.add_argument("--seed", dest="run.seed", type=int, help="seed of the first image (0)")
-    generate.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    generate.set_defaults(func=run_generate)
-
-
-def default_poses(config: Config) -> Path:
-    return Path(
-        config.twostage.poses or Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
-    )
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    size = config.twostage.size
-    if args.pose_image:
-        jobs = [pose_from_photo(args.pose_image, size, args.prompt)]
-    else:
-        jobs = read_pose_jobs(
-            args.pose or default_poses(config), size, args.prompt, max_poses=config.twostage.max_poses
-        )
-    out = args.out or Path(config.run.output_dir) / "twostage" / "samples"
-    records = generate_twostage(config, jobs, out)
-    log.info("%d images -> %s", len(records), out)
-    return 0

@@ -132,27 +132,6 @@ def plan_records(config: Config, model: str, jobs: list[dict[str, Any]], size: i
     return plan
 
 
-def _finished(out_dir: Path, plan: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Records already on disk with all their files, checked against the plan."""
-    path = out_dir / "records.jsonl"
-    if not path.is_file():
-        return {}
-    planned = {r["index"]: r for r in plan}
-    done = {}
-    for record in files.read_jsonl(path):
-        want = planned.get(record.get("index"))
-        if want is None or not all((out_dir / record[f]).is_file() for f in ("file", "mask", "mask_binary")):
-            continue
-        changed = [k for k in SETTINGS_KEYS if record.get(k) != want[k]]
-        if changed:
-            raise HandsynthError(
-                f"{out_dir} already holds hand {record['index']} made with other settings "
-                f"({', '.join(changed)} differ); choose another --out folder or delete this one"
-            )
-        done[record["index"]] = record
-    return done
-
-
 def generate_hands(
     config: Config,
     model_folder: str | Path,
@@ -170,7 +149,7 @@ def generate_hands(
     size = handgen.size or int(read_settings(model_folder)["resolution"])
     jobs = read_keypoint_jobs(keypoints, size, prompt, with_masks)
     plan = plan_records(config, str(Path(model_folder).resolve()), jobs, size)
-    done = _finished(out_dir, plan)
+    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("file", "mask", "mask_binary"), what="hand")
     todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if record["index"] not in done]
     if todo:
         pipe = HandGeneratorPipeline.from_pretrained(model_folder, device=config.run.device)

@@ -7,9 +7,12 @@ import logging
 from pathlib import Path
 
 from handsynth.config import add_config_arguments, config_from_args, save_config
-from handsynth.training.trainer import OPTIMIZERS, PRECISIONS
+from handsynth.training.trainer import add_training_arguments
 
 log = logging.getLogger(__name__)
+
+# At the paper's batch 32 and 512 px the activations dominate (benchmarks/handgen_train_step.py).
+TRAIN_DEFAULTS = {"train.gradient_checkpointing": True}
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
@@ -72,44 +75,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resolution", dest="handgen.resolution", type=int, help="training size in px (0: the base model's)"
     )
-    parser.add_argument(
-        "--mixed-precision",
-        dest="train.mixed_precision",
-        choices=("auto", *PRECISIONS),
-        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16 (auto)",
-    )
-    parser.add_argument(
-        "--optimizer",
-        dest="train.optimizer",
-        choices=("auto", *OPTIMIZERS),
-        help="auto (adam8bit on CUDA when bitsandbytes is installed, else adam), adam or adam8bit (auto)",
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        dest="train.gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute UNet activations in the backward pass (less memory, slower)",
-    )
-    parser.add_argument(
-        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints (1000)"
-    )
-    parser.add_argument(
-        "--validate-every",
-        dest="train.validate_every",
-        type=int,
-        help="steps between validation grids (0: none)",
-    )
-    parser.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
-    parser.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
-    parser.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    parser.add_argument(
-        "--resume",
-        dest="train.init_from",
-        action="store_const",
-        const="resume",
-        help="continue from the last checkpoint in <output-dir>/train/handgen/checkpoints",
-    )
+    add_training_arguments(parser, "<output-dir>/train/handgen", checkpointing="on for this command")
     parser.set_defaults(func=run_train)
 
 
@@ -151,11 +117,12 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from handsynth.twostage.dataset import default_output_dir
     from handsynth.twostage.hand_trainer import train_handgen
 
-    config = config_from_args(args)
+    config = config_from_args(args, defaults=TRAIN_DEFAULTS)
     out = Path(config.run.output_dir)
-    hands = args.hands or Path(config.pose.output_dir or out / "twostage-data") / "hands.jsonl"
+    hands = args.hands or default_output_dir(config) / "hands.jsonl"
     folder = train_handgen(config, hands, out)
     log.info("hand generator -> %s", folder)
     return 0

@@ -46,15 +46,15 @@ from handsynth.training.diffusion import (
     ready_for_training,
 )
 from handsynth.training.trainer import (
-    OPTIMIZERS,
-    PRECISIONS,
     Trainer,
+    add_training_arguments,
     check_settings,
     make_accelerator,
     resolve_auto_settings,
 )
 from handsynth.twostage.blending import check_blend_settings
 from handsynth.twostage.canvas import canvas_from_mask, latent_mask
+from handsynth.twostage.dataset import default_output_dir
 from handsynth.twostage.outpaint_models import (
     LORA_TARGETS,
     OutpaintModels,
@@ -336,10 +336,6 @@ def check_outpaint_settings(config: Config) -> None:
     check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
 
 
-def default_data_dir(config: Config) -> Path:
-    return Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
-
-
 def default_lora_dir(config: Config) -> Path:
     return Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
 
@@ -351,7 +347,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
     check_outpaint_settings(config)
     config = resolve_auto_settings(config)
     settings = config.outpaint
-    data_dir = Path(data_dir) if data_dir else default_data_dir(config)
+    data_dir = Path(data_dir) if data_dir else default_output_dir(config)
     work = Path(config.run.output_dir) / "train" / "outpaint"
     acc = make_accelerator(config, work)
     items = read_outpaint_items(data_dir, "train", settings.max_images)
@@ -450,41 +446,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", dest="outpaint.batch_size", type=int, help="batch per process (16)")
     train.add_argument("--epochs", dest="outpaint.epochs", type=int, help="passes over the images (1)")
     train.add_argument("--max-images", dest="outpaint.max_images", type=int, help="use the first N (0: all)")
-    train.add_argument(
-        "--mixed-precision",
-        dest="train.mixed_precision",
-        choices=("auto", *PRECISIONS),
-        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16",
-    )
-    train.add_argument(
-        "--optimizer",
-        dest="train.optimizer",
-        choices=("auto", *OPTIMIZERS),
-        help="auto (adam8bit on CUDA with bitsandbytes, else adam), adam or adam8bit",
-    )
-    train.add_argument(
-        "--gradient-checkpointing",
-        dest="train.gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute activations in the backward pass (less memory, slower)",
-    )
-    train.add_argument(
-        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints"
-    )
-    train.add_argument(
-        "--validate-every", dest="train.validate_every", type=int, help="steps between validation grids"
-    )
-    train.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
-    train.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
-    train.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    train.add_argument(
-        "--resume",
-        dest="train.init_from",
-        action="store_const",
-        const="resume",
-        help="continue from the last checkpoint in <output-dir>/train/outpaint/checkpoints",
-    )
+    add_training_arguments(train, "<output-dir>/train/outpaint")
     train.set_defaults(func=run_train)
 
 
