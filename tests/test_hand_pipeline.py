@@ -12,7 +12,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from handsynth.errors import HandsynthError
-from handsynth.training.diffusion import encode_text
+from handsynth.training.diffusion import PromptEncoder, encode_text
 from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline, save_hand_generator
 from handsynth.twostage.heatmaps import finger_heatmaps
@@ -79,11 +79,15 @@ def test_guidance_keeps_the_same_heatmaps_and_mask_in_both_branches(pipe):
     mask = np.zeros((SIZE, SIZE), np.float32)
     mask[20:60, 10:50] = 1.0
     calls, handle = record_unet_calls(pipe)
+    batches = []
+    text_handle = pipe.text_encoder.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
     try:
         pipe(PROMPTS, keypoints=KEYPOINTS, mask=[mask, None], num_inference_steps=STEPS, guidance_scale=5.0)
     finally:
         handle.remove()
+        text_handle.remove()
     assert len(calls) == STEPS
+    assert batches == [3]  # the empty prompt once for both hands, and the two prompts, in one batch
     empty = encode_text(pipe.tokenizer, pipe.text_encoder, ["", ""])
     text = encode_text(pipe.tokenizer, pipe.text_encoder, PROMPTS)
     conditions = [expected_condition(KEYPOINTS[0], mask), expected_condition(KEYPOINTS[1], None)]
@@ -163,5 +167,7 @@ def test_bad_input_is_a_clear_error(pipe, tmp_path):
         pipe(["a", "b", "c"], keypoints=KEYPOINTS)
     with pytest.raises(HandsynthError, match="multiples of 4, got 62x64"):
         pipe("a hand", keypoints=KEYPOINTS[0], height=62, width=64)
+    with pytest.raises(HandsynthError, match="another text encoder than the hand generator's"):
+        pipe("a hand", keypoints=KEYPOINTS[0], prompt_encoder=PromptEncoder(pipe.model))
     with pytest.raises(HandsynthError, match="not a hand-generator folder.*handgen train"):
         HandGeneratorPipeline.from_pretrained(tmp_path, device="cpu")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
 from handsynth.twostage.canvas import place_hands
 from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
+from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
 from handsynth.twostage.pipeline import TwoStagePipeline, hand_keypoints
 
 PROMPT = "a woman in a green coat raising both hands"
@@ -72,10 +74,74 @@ def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(
     assert len(first.outpaint.blend_masks) == 4 and len(first.outpaint.previews) == 2
 
 
-def test_the_encoders_are_shared_when_their_weights_are_equal(pipe):
+def test_the_encoders_are_shared_when_their_weights_are_equal(pipe, handgen_path):
+    import torch
+
     # the tiny SD and the tiny inpainting model are built on the same tiny VAE and CLIP
     assert pipe.shares_encoders
     assert pipe.hand_generator.vae is pipe.outpainter.models.vae
+    # built from parts, the constructor shares them too; a changed weight or dtype keeps its own
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    with torch.no_grad():
+        hands.vae.decoder.conv_out.bias[0] += 1e-3
+    hands.text_encoder.to(torch.bfloat16)
+    own_vae, own_text = hands.vae, hands.text_encoder
+    built = TwoStagePipeline(hands, pipe.outpainter)
+    assert hands.vae is own_vae and hands.text_encoder is own_text and not built.shares_encoders
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    assert hands.vae is not pipe.outpainter.models.vae
+    assert TwoStagePipeline(hands, pipe.outpainter).shares_encoders
+
+
+def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pipe):
+    pose, text_encoder = toy_pose(SIZE), pipe.outpainter.models.text_encoder
+    own_copy = copy.deepcopy(text_encoder)
+    batches = []
+    handle = text_encoder.register_forward_pre_hook(lambda m, args: batches.append(len(args[0])))
+    try:
+        shared = run(pipe, pose)
+        assert batches == [2]  # the prompt and the empty prompt, for two crops and two stages
+        pipe.hand_generator.text_encoder = own_copy  # each stage encodes for itself
+        batches.clear()
+        separate = run(pipe, pose)
+    finally:
+        pipe.hand_generator.text_encoder = text_encoder
+        handle.remove()
+    assert batches == [2]  # the outpainter's negative prompt and prompt; the hand stage used its copy
+    assert np.array_equal(shared.image, separate.image)
+
+
+def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
+    pipe, handgen_path, tiny_inpaint_path, tiny_controlnet_path
+):
+    import torch
+    from accelerate import cpu_offload_with_hook
+
+    offloaded = TwoStagePipeline.from_pretrained(
+        handgen_path, tiny_inpaint_path, tiny_controlnet_path, device="cpu"
+    )
+    hands, models = offloaded.hand_generator, offloaded.outpainter.models
+    # the pipelines place their tensors on the hook's execution device, not where the weights wait
+    _, hook = cpu_offload_with_hook(hands.model, torch.device("cuda", 0))
+    assert hands.device == torch.device("cuda", 0) and next(hands.model.parameters()).is_cpu
+    hook.remove()
+    offloaded.enable_model_cpu_offload("cpu")  # the CPU is the only device here; the hooks are the same
+    stages = {"hand": [hands.model], "outpaint": [models.controlnet, models.unet]}
+    for stage, parts in stages.items():
+        assert [hook.model for hook in offloaded.offload_hooks[stage]] == parts
+        assert all(part._hf_hook.execution_device == torch.device("cpu") for part in parts)
+    assert not hasattr(models.vae, "_hf_hook") and not hasattr(models.text_encoder, "_hf_hook")
+    events = []
+    for stage, hooks in offloaded.offload_hooks.items():
+        for hook in hooks:
+            hook.offload = lambda stage=stage, real=hook.offload: events.append(f"offload {stage}") or real()
+    hands.model.register_forward_pre_hook(lambda *_: events.append("hand"))
+    models.unet.register_forward_pre_hook(lambda *_: events.append("outpaint"))
+    result = run(offloaded, toy_pose(SIZE))
+    order = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
+    assert order == ["hand", "offload hand", "outpaint", "offload outpaint"]
+    assert events.count("offload outpaint") == 2  # the ControlNet and the UNet
+    assert np.array_equal(result.image, run(pipe, toy_pose(SIZE)).image)
 
 
 def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):

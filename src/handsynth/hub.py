@@ -45,3 +45,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise HandsynthError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` runs: the execution device of its accelerate offload hook (its weights wait on
+    the CPU until its forward), else the device of its weights."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else next(module.parameters()).device

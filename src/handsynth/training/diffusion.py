@@ -44,17 +44,41 @@ def load_base_models(base: str) -> BaseModels:
     )
 
 
-@torch.no_grad()
-def encode_text(tokenizer: Any, text_encoder: Any, captions: list[str]) -> torch.Tensor:
-    """CLIP's last hidden state, (B, 77, D) in fp32; longer captions are truncated as in the reference."""
-    ids = tokenizer(
+def token_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """(B, 77) ids, padded to the tokenizer's length; longer captions are truncated as in the reference."""
+    return tokenizer(
         captions,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
+
+
+@torch.no_grad()
+def encode_text(tokenizer: Any, text_encoder: Any, captions: list[str]) -> torch.Tensor:
+    """CLIP's last hidden state, (B, 77, D) in fp32."""
+    return text_encoder(token_ids(tokenizer, captions).to(text_encoder.device))[0].float()
+
+
+class PromptEncoder:
+    """`encode_text` that encodes each distinct token sequence once, all new ones in one batch, and
+    keeps them: a pipeline's stages that share a text encoder share one of these, so the prompt and
+    the empty prompt are encoded once per image however many stages and hand crops read them."""
+
+    def __init__(self, text_encoder: Any) -> None:
+        self.text_encoder = text_encoder
+        self._encoded: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
+        """(B, 77, D) in fp32, as `encode_text(tokenizer, self.text_encoder, captions)`."""
+        keys = [tuple(row) for row in token_ids(tokenizer, captions).tolist()]
+        new = [key for key in dict.fromkeys(keys) if key not in self._encoded]
+        if new:
+            ids = torch.tensor(new, device=self.text_encoder.device)
+            self._encoded.update(zip(new, self.text_encoder(ids)[0].float(), strict=True))
+        return torch.stack([self._encoded[key] for key in keys])
 
 
 @torch.no_grad()

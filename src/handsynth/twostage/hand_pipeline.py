@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
-from handsynth.hub import resolve_device
-from handsynth.training.diffusion import encode_text
+from handsynth.hub import execution_device, resolve_device
+from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.hand_model import (
     CONDITION_CHANNELS,
     HEATMAP_CHANNELS,
@@ -191,7 +191,7 @@ class HandGeneratorPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.model.unet.device
+        return execution_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -220,12 +220,15 @@ class HandGeneratorPipeline:
         height: int | None = None,
         width: int | None = None,
         progress: bool = False,
+        prompt_encoder: PromptEncoder | None = None,
     ) -> HandGeneratorOutput:
         """Hand images and masks for `keypoints` ((42, 3) or a list of them, in the pixels of the
         height x width image to make) and `prompt` (one for all, or one per keypoint set).
 
         `mask`: None (the paper's mask-free inference), one (H, W) mask for all, or one per set.
         Steps and guidance default to the folder's settings (50, 7.5), the size to its training size.
+        `prompt_encoder`: a `PromptEncoder` over this pipeline's text encoder that another stage
+        shares (None: a new one, so each distinct prompt is still encoded once).
         """
         steps = int(num_inference_steps or self.settings.get("steps", 50))
         guidance = float(self.settings.get("guidance", 7.5) if guidance_scale is None else guidance_scale)
@@ -242,11 +245,13 @@ class HandGeneratorPipeline:
         latent_size = (height // self.vae_scale, width // self.vae_scale)
         condition = condition_tensor(heatmaps, mask_batch(mask, n, height, width), latent_size)
         condition = condition.to(self.device, self.dtype)
-        embeddings = encode_text(self.tokenizer, self.text_encoder, prompts).to(self.dtype)
+        encoder = prompt_encoder or PromptEncoder(self.text_encoder)
+        if encoder.text_encoder is not self.text_encoder:
+            raise HandsynthError("prompt_encoder encodes with another text encoder than the hand generator's")
         if guidance > 1.0:  # the empty prompt with the same c_p
-            empty = encode_text(self.tokenizer, self.text_encoder, [""] * n).to(self.dtype)
-            embeddings = torch.cat([empty, embeddings])
+            prompts = [""] * n + prompts
             condition = torch.cat([condition, condition])
+        embeddings = encoder(self.tokenizer, prompts).to(self.dtype)
         latents = randn_tensor(
             (n, LATENT_CHANNELS, *latent_size), generator=generator, device=self.device, dtype=self.dtype
         )

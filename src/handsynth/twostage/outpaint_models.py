@@ -55,7 +55,7 @@ class OutpaintModels:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return hub.execution_device(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:

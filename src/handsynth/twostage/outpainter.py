@@ -18,6 +18,7 @@ from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.hub import resolve_device
 from handsynth.perception.wholebody import check_pose
+from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.canvas import Canvas, small_hands
 from handsynth.twostage.outpaint_models import (
     DEFAULT_BASE,
@@ -78,6 +79,7 @@ class Outpainter:
         generator: torch.Generator | None = None,
         paste: bool = True,
         progress: bool = True,
+        prompt_encoder: PromptEncoder | None = None,
         **overrides: Any,
     ) -> OutpaintResult:
         """The image for `prompt` and the (133, 3) `pose` (in the canvas's pixels), painted around the
@@ -86,7 +88,8 @@ class Outpainter:
         `canvas` is a `Canvas` (from `place_hands` or `canvas_from_mask`), or an (H, W, 3) uint8 image
         with its hand mask `canvas_mask` (and, for bbox blending, `box`). `overrides` are `[outpaint]`
         keys for this call: steps, guidance, negative_prompt, blending, blend_noise, unmasked_steps,
-        conditioning_scale, skeleton, previews, small_hand_fraction.
+        conditioning_scale, skeleton, previews, small_hand_fraction. `prompt_encoder`: a `PromptEncoder`
+        over this outpainter's text encoder that another stage shares (None: a new one).
         """
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(OutpaintSection)})
         if unknown:
@@ -125,4 +128,5 @@ class Outpainter:
             previews=settings.previews,
             paste=paste,
             progress=progress,
+            prompt_encoder=prompt_encoder,
         )

@@ -11,7 +11,8 @@
    in every step and pasting the hand pixels back at the end (`Outpainter`).
 
 When the hand generator's VAE and text encoder hold the same weights as the outpainter's (SD 1.5 and
-SD 1.5 inpainting do), one copy serves both stages.
+SD 1.5 inpainting do), one copy serves both stages, and the prompt is encoded once for both.
+`enable_model_cpu_offload()` keeps only the running stage's denoiser on the GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
 from handsynth.twostage.crops import CROP_MARGIN, CropPlan, plan_crops, to_box
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
@@ -52,10 +54,16 @@ class TwoStageResult:
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two modules have the same parameter names, shapes and values."""
+    """True when two modules have the same parameter names, shapes, dtypes, devices and values."""
+    if a is b:
+        return True
     first, second = a.state_dict(), b.state_dict()
     return first.keys() == second.keys() and all(
-        first[k].shape == second[k].shape and torch.equal(first[k], second[k]) for k in first
+        (x := first[k]).shape == (y := second[k]).shape
+        and x.dtype == y.dtype
+        and x.device == y.device
+        and torch.equal(x, y)
+        for k in first
     )
 
 
@@ -74,9 +82,17 @@ class TwoStagePipeline:
     def __init__(
         self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float = CROP_MARGIN
     ) -> None:
+        """The hand generator's VAE and text encoder are replaced by the outpainter's when they hold
+        the same weights, so one copy serves both stages."""
+        models = outpainter.models
+        if same_weights(hand_generator.vae, models.vae):
+            hand_generator.vae = models.vae
+        if same_weights(hand_generator.text_encoder, models.text_encoder):
+            hand_generator.text_encoder = models.text_encoder
         self.hand_generator = hand_generator
         self.outpainter = outpainter
         self.crop_margin = crop_margin
+        self.offload_hooks: dict[str, list[Any]] = {}  # stage -> accelerate's UserCpuOffloadHooks
 
     @classmethod
     def from_pretrained(
@@ -95,18 +111,40 @@ class TwoStagePipeline:
         outpainter = Outpainter.from_pretrained(base, controlnet, lora, device, dtype, settings)
         models = outpainter.models
         hands = HandGeneratorPipeline.from_pretrained(handgen, models.device, models.dtype)
-        if same_weights(hands.vae, models.vae):
-            hands.vae = models.vae
-        if same_weights(hands.text_encoder, models.text_encoder):
-            hands.text_encoder = models.text_encoder
         return cls(hands, outpainter, crop_margin)
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep each stage's denoiser on the CPU until the stage runs (accelerate's
+        `cpu_offload_with_hook`), so that one stage's at a time sits on `device`: the hand generator
+        goes back to the CPU once its crops are drawn, the outpainter's UNet and ControlNet once the
+        image is made. The VAE and text encoder, shared by both stages and small, stay on `device`."""
+        from accelerate import cpu_offload_with_hook
+
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # the hook compares it with cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
+        for hook in (hook for hooks in self.offload_hooks.values() for hook in hooks):
+            hook.remove()
+        hands, models = self.hand_generator, self.outpainter.models
+        for part in (hands.vae, hands.text_encoder, models.vae, models.text_encoder):
+            part.to(device)  # a shared one twice: the second is a no-op
+        stages = {"hand": [hands.model], "outpaint": [models.controlnet, models.unet]}
+        self.offload_hooks = {
+            stage: [cpu_offload_with_hook(model, device)[1] for model in parts]
+            for stage, parts in stages.items()
+        }
+
+    def _offload(self, stage: str) -> None:
+        for hook in self.offload_hooks.get(stage, []):
+            hook.offload()
+
+    @property
+    def shares_text_encoder(self) -> bool:
+        return self.hand_generator.text_encoder is self.outpainter.models.text_encoder
 
     @property
     def shares_encoders(self) -> bool:
-        models = self.outpainter.models
-        return (
-            self.hand_generator.vae is models.vae and self.hand_generator.text_encoder is models.text_encoder
-        )
+        return self.hand_generator.vae is self.outpainter.models.vae and self.shares_text_encoder
 
     def __call__(
         self,
@@ -134,6 +172,9 @@ class TwoStagePipeline:
             )
         size = self.hand_generator.resolution
         keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
+        models = self.outpainter.models
+        # one text encoder: the prompt and the empty prompt are encoded once for both stages
+        encoder = PromptEncoder(models.text_encoder) if self.shares_text_encoder else None
         drawn = self.hand_generator(
             hand_prompt or prompt,
             keypoints=keypoints,
@@ -143,7 +184,9 @@ class TwoStagePipeline:
             height=size,
             width=size,
             progress=progress,
+            prompt_encoder=encoder,
         )
+        self._offload("hand")
         hands = [
             HandCrop(image=np.asarray(image), mask=soft, keypoints=points)
             for image, soft, points in zip(drawn.images, drawn.masks, keypoints, strict=True)
@@ -161,8 +204,10 @@ class TwoStagePipeline:
             canvas,
             generator=torch.Generator().manual_seed(seed + 1),
             progress=progress,
+            prompt_encoder=encoder,
             **outpaint_settings,
         )
+        self._offload("outpaint")
         return TwoStageResult(
             image=result.image,
             crops=plans,

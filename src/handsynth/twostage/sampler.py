@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from handsynth.errors import HandsynthError
-from handsynth.training.diffusion import encode_text
+from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.blending import blend, blend_masks, check_blend_settings
 from handsynth.twostage.canvas import latent_mask
 from handsynth.twostage.outpaint_models import (
@@ -88,10 +88,12 @@ def outpaint(
     previews: int = 0,
     paste: bool = True,
     progress: bool = True,
+    prompt_encoder: PromptEncoder | None = None,
 ) -> OutpaintResult:
     """Paint the body around the canvas's hands; `condition` is the OpenPose image at the canvas size.
 
-    `box` (H, W) bool marks the hand crops' squares, for `blending = "bbox"`.
+    `box` (H, W) bool marks the hand crops' squares, for `blending = "bbox"`. `prompt_encoder`: one over
+    `models.text_encoder` that another stage shares (None: a new one).
     """
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -109,11 +111,11 @@ def outpaint(
     canvas_mask = np.asarray(canvas_mask, dtype=bool)
 
     guided = guidance > 1.0
-    embeddings = encode_text(models.tokenizer, models.text_encoder, [prompt])
-    if guided:
-        empty = encode_text(models.tokenizer, models.text_encoder, [negative_prompt])
-        embeddings = torch.cat([empty, embeddings])
-    embeddings = embeddings.to(dtype)
+    encoder = prompt_encoder or PromptEncoder(models.text_encoder)
+    if encoder.text_encoder is not models.text_encoder:
+        raise HandsynthError("prompt_encoder encodes with another text encoder than the outpainter's")
+    texts = [negative_prompt, prompt] if guided else [prompt]
+    embeddings = encoder(models.tokenizer, texts).to(dtype)
     copies = 2 if guided else 1
 
     # Everything the loop reads, fixed before it starts.
