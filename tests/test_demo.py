@@ -77,15 +77,20 @@ def test_demo_writes_the_two_stage_chains_artefacts(demo_run):
     assert set(report["metrics"]) == keys
     assert report["settings"]["feature_dims"][0] == 192 and np.isfinite(report["metrics"]["fid"]["value"])
     ablation = json.loads((out / "twostage" / "ablation" / "ablation.json").read_text())
-    assert [row["blending"] for row in ablation["rows"]] == ["sequential", "naive", "bbox"]
+    rows = ablation["rows"]
+    assert [row["blending"] for row in rows] == ["sequential", "naive", "bbox"]
+    # the run's own (sequential) generation is reused, not drawn again
+    assert [row["samples"] for row in rows] == ["../samples", "naive/samples", "bbox/samples"]
+    assert not (out / "twostage" / "ablation" / "sequential" / "samples").exists()
     images = {
-        mode: [
-            (out / "twostage" / "ablation" / mode / "samples" / "images" / f"{r['key']}.png").read_bytes()
+        row["blending"]: [
+            (out / "twostage" / "ablation" / row["samples"] / "images" / f"{r['key']}.png").read_bytes()
             for r in records
         ]  # fmt: skip
-        for mode in ("sequential", "naive", "bbox")
+        for row in rows
     }
-    assert images["sequential"] != images["naive"] != images["bbox"]  # the same poses, other blends
+    # the same poses, other blends
+    assert images["sequential"] != images["naive"] and images["naive"] != images["bbox"]
 
 
 def test_a_second_demo_run_skips_every_step(demo_run, caplog):

@@ -142,7 +142,10 @@ def _ablation(config: Config, out: Path) -> dict:
     from handsynth.twostage.dataset import default_output_dir
 
     real = default_output_dir(config)
-    table = run_blending_ablation(config, _twostage_jobs(config), real, out / "twostage" / "ablation")
+    made = {config.outpaint.blending: out / "twostage" / "samples"}  # the twostage-generate step's images
+    table = run_blending_ablation(
+        config, _twostage_jobs(config), real, out / "twostage" / "ablation", made=made
+    )
     return {"rows": table["rows"]}
 
 

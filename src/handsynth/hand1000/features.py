@@ -18,8 +18,6 @@ import hashlib
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -32,7 +30,7 @@ from handsynth.config import FeaturesSection, add_config_arguments, config_from_
 from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
-from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, worker_context
+from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, detect_in_workers, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +111,10 @@ class LandmarkCache(files.DigestCache):
 _worker_detector: HandDetector | None = None
 
 
-def _init_worker(detector_settings: dict) -> None:
+def _init_worker(detector_settings: dict) -> HandDetector:
     global _worker_detector
     _worker_detector = HandDetector(**detector_settings)
+    return _worker_detector
 
 
 def _detect_file(job: tuple[str, str]) -> tuple[str, list | None, str | None, int]:
@@ -140,32 +139,12 @@ def _run_detections(
     """Yield `_detect_file` results: in worker processes started by `context`, or here if None."""
     if not jobs:  # everything cached: don't even load MediaPipe
         return
-    bar = tqdm(total=len(jobs), desc=f"hands [{label}]", unit="img", disable=not progress)
-    detector_settings = _detector_settings(settings)
-    with bar:
-        if context is None:
-            _init_worker(detector_settings)
-            try:
-                for job in jobs:
-                    yield _detect_file(job)
-                    bar.update()
-            finally:
-                _worker_detector.close()
-            return
-        # an executor, not a Pool: a Pool silently replaces a worker that dies and then waits forever
-        # for its task; the executor raises BrokenProcessPool
-        with ProcessPoolExecutor(settings.workers, context, _init_worker, (detector_settings,)) as pool:
-            # one image per task: a detection (~30 ms) dwarfs the round trip (~0.1 ms), and at the end
-            # no worker sits idle while the other finishes a chunk of several images
-            try:
-                for future in as_completed([pool.submit(_detect_file, job) for job in jobs]):
-                    yield future.result()
-                    bar.update()
-            except BrokenProcessPool:
-                raise HandsynthError(
-                    f"a Stage I worker process died while detecting hands in '{label}'; the landmarks "
-                    "found so far are cached. Run again with --workers 1 to detect in this process"
-                ) from None
+    with tqdm(total=len(jobs), desc=f"hands [{label}]", unit="img", disable=not progress) as bar:
+        yield from detect_in_workers(
+            jobs, _detect_file, _init_worker, (_detector_settings(settings),), settings.workers, context, bar,
+            f"a Stage I worker process died while detecting hands in '{label}'; the landmarks found so far "
+            "are cached. Run again with --workers 1 to detect in this process",
+        )  # fmt: skip
 
 
 def compute_gesture_feature(

@@ -12,7 +12,9 @@ import math
 import multiprocessing
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +72,41 @@ def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseC
         context.set_forkserver_preload(["mediapipe", *preload])
         return context
     return multiprocessing.get_context("spawn")
+
+
+def detect_in_workers(
+    jobs: list,
+    detect: Callable,
+    init: Callable,
+    initargs: tuple,
+    workers: int,
+    context: multiprocessing.context.BaseContext | None,
+    bar,
+    died: str,
+) -> Iterator:
+    """Yield `detect(job)` for every job as it finishes, ticking `bar`: in `workers` processes started
+    by `context` and set up by `init(*initargs)`, or in this process when `context` is None (`init`
+    then returns the detector, closed at the end). A worker that dies raises HandsynthError(died)."""
+    if context is None:
+        detector = init(*initargs)
+        try:
+            for job in jobs:
+                yield detect(job)
+                bar.update()
+        finally:
+            detector.close()
+        return
+    # an executor, not a Pool: a Pool silently replaces a worker that dies and then waits forever for
+    # its task; the executor raises BrokenProcessPool
+    with ProcessPoolExecutor(workers, context, init, initargs) as pool:
+        # one image per task: a detection (~30 ms) dwarfs the round trip (~0.1 ms), and at the end no
+        # worker sits idle while another finishes a chunk of several images
+        try:
+            for future in as_completed([pool.submit(detect, job) for job in jobs]):
+                yield future.result()
+                bar.update()
+        except BrokenProcessPool:
+            raise HandsynthError(died) from None
 
 
 @dataclass(frozen=True)

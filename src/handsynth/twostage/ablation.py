@@ -8,6 +8,7 @@ table), and `comparison.png` (one row per pose, one column per mode).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,13 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(out: Path, modes: list[str], records: dict[str, list[dict]]) -> Path:
+def write_comparison(out: Path, samples: dict[str, Path], records: dict[str, list[dict]]) -> Path:
     from diffusers.utils import make_image_grid
 
+    modes = list(samples)
     rows = min(COMPARISON_ROWS, len(records[modes[0]]))
     cells = [
-        Image.open(out / mode / "samples" / records[mode][i]["image"]).convert("RGB")
+        Image.open(samples[mode] / records[mode][i]["image"]).convert("RGB")
         for i in range(rows)
         for mode in modes
     ]
@@ -86,8 +88,12 @@ def run_blending_ablation(
     out: str | Path,
     pipe: Any = None,
     progress: bool = True,
+    made: dict[str, Path] | None = None,
 ) -> dict:
-    """Generate and evaluate `jobs` once per mode of `twostage.ablation`; returns the table."""
+    """Generate and evaluate `jobs` once per mode of `twostage.ablation`; returns the table.
+
+    `made` maps a mode to a samples folder already generated for these jobs with that blending (the
+    run's own generation): it is evaluated as it is, not drawn again."""
     from handsynth.evaluation.evaluate_twostage import evaluate_samples
 
     modes = list(config.twostage.ablation)
@@ -101,15 +107,19 @@ def run_blending_ablation(
         )  # fmt: skip
     out = Path(out)
     pipe = pipe or load_pipeline(config)
-    rows, records = [], {}
+    made = made or {}
+    rows, records, samples = [], {}, {}
     for mode in modes:
         log.info("blending ablation: %s", mode)
-        samples = out / mode / "samples"
-        records[mode] = generate_twostage(config, jobs, samples, pipe=pipe, progress=progress, blending=mode)
-        report = evaluate_samples(config, samples, real_manifest, out / mode / "eval", ABLATION_METRICS)
-        rows.append(ablation_row(mode, report))
+        samples[mode] = Path(made.get(mode, out / mode / "samples"))
+        # on a folder in `made` this only checks that every job is there with these settings
+        records[mode] = generate_twostage(
+            config, jobs, samples[mode], pipe=pipe, progress=progress, blending=mode
+        )
+        report = evaluate_samples(config, samples[mode], real_manifest, out / mode / "eval", ABLATION_METRICS)
+        rows.append({**ablation_row(mode, report), "samples": os.path.relpath(samples[mode], out)})
     table = {"poses": len(jobs), "seed": config.run.seed, "metrics": list(ABLATION_METRICS), "rows": rows}
     files.write_json(out / "ablation.json", table)
     files.write_text(out / "ablation.md", markdown(table))
-    write_comparison(out, modes, records)
+    write_comparison(out, samples, records)
     return table

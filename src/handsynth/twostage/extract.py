@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -29,7 +27,7 @@ from tqdm import tqdm
 from handsynth import files
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
-from handsynth.perception.hands import worker_context
+from handsynth.perception.hands import detect_in_workers, worker_context
 from handsynth.perception.pose import HOLISTIC_COMPLEXITY, SIDES, PoseDetector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -67,10 +65,11 @@ _worker: PoseDetector | None = None
 _person_dir: Path | None = None
 
 
-def _init_worker(person_dir: str | None) -> None:
+def _init_worker(person_dir: str | None) -> PoseDetector:
     global _worker, _person_dir
     _worker = PoseDetector(segmentation=person_dir is not None)
     _person_dir = None if person_dir is None else Path(person_dir)
+    return _worker
 
 
 def _detect_file(job: tuple[str, str]) -> tuple[str, dict | None, str | None, int]:
@@ -148,26 +147,11 @@ def _run_jobs(jobs, workers: int, context, person_dir: str | None, progress: boo
     if not jobs:  # everything cached: don't even load MediaPipe
         return
     with tqdm(total=len(jobs), desc=f"whole-body poses [{label}]", unit="img", disable=not progress) as bar:
-        if context is None:
-            _init_worker(person_dir)
-            try:
-                for job in jobs:
-                    yield _detect_file(job)
-                    bar.update()
-            finally:
-                _worker.close()
-            return
-        # an executor, not a Pool: a Pool silently replaces a worker that dies and waits forever for its task
-        with ProcessPoolExecutor(workers, context, _init_worker, (person_dir,)) as pool:
-            try:
-                for future in as_completed([pool.submit(_detect_file, job) for job in jobs]):
-                    yield future.result()
-                    bar.update()
-            except BrokenProcessPool:
-                raise HandsynthError(
-                    f"a pose worker process died while detecting '{label}'; the poses found so far are "
-                    "cached. Run again with --workers 1 to detect in this process"
-                ) from None
+        yield from detect_in_workers(
+            jobs, _detect_file, _init_worker, (person_dir,), workers, context, bar,
+            f"a pose worker process died while detecting '{label}'; the poses found so far are cached. "
+            "Run again with --workers 1 to detect in this process",
+        )  # fmt: skip
 
 
 def list_images(folder: Path) -> list[Path]:

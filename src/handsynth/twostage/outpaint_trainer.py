@@ -228,7 +228,7 @@ class OutpaintTrainer(Trainer):
 
     def validation_grid(self) -> Image.Image | None:
         """One row per validation image: canvas | condition | outpainted | ground truth, seeded."""
-        from handsynth.twostage.sampler import outpaint
+        from handsynth.twostage.sampler import outpaint, sampling_settings
 
         settings = self.config.outpaint
         models = self.sampling_models()
@@ -241,13 +241,7 @@ class OutpaintTrainer(Trainer):
                 example.condition,
                 example.canvas,
                 example.mask,
-                negative_prompt=settings.negative_prompt,
-                steps=settings.steps,
-                guidance=settings.guidance,
-                blending=settings.blending,
-                blend_noise=settings.blend_noise,
-                unmasked_steps=settings.unmasked_steps,
-                conditioning_scale=settings.conditioning_scale,
+                **sampling_settings(settings),
                 generator=torch.Generator().manual_seed(self.config.run.seed),
                 progress=False,
             )

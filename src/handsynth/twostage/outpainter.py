@@ -28,7 +28,7 @@ from handsynth.twostage.outpaint_models import (
     load_outpaint_models,
     warn_if_trained_elsewhere,
 )
-from handsynth.twostage.sampler import OutpaintResult, outpaint
+from handsynth.twostage.sampler import OutpaintResult, outpaint, sampling_settings
 from handsynth.twostage.skeleton import draw_openpose
 
 
@@ -117,13 +117,7 @@ class Outpainter:
             image,
             canvas_mask,
             box,
-            negative_prompt=settings.negative_prompt,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            blending=settings.blending,
-            blend_noise=settings.blend_noise,
-            unmasked_steps=settings.unmasked_steps,
-            conditioning_scale=settings.conditioning_scale,
+            **sampling_settings(settings),
             generator=generator,
             previews=settings.previews,
             paste=paste,

@@ -9,6 +9,7 @@ decoded and the canvas's hand pixels are pasted back with m_c, at image resoluti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,16 @@ def decode(models: OutpaintModels, latents: torch.Tensor) -> np.ndarray:
     image = models.vae.decode(latents / models.vae.config.scaling_factor).sample[0]
     image = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return image.permute(1, 2, 0).cpu().numpy()
+
+
+SAMPLING_KEYS = (
+    "negative_prompt", "steps", "guidance", "blending", "blend_noise", "unmasked_steps", "conditioning_scale",
+)  # fmt: skip
+
+
+def sampling_settings(settings: Any) -> dict[str, Any]:
+    """The [outpaint] settings that `outpaint` takes, as its keyword arguments."""
+    return {key: getattr(settings, key) for key in SAMPLING_KEYS}
 
 
 @torch.no_grad()
