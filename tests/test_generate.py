@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from handsynth import files
 from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.hand1000.generate import generate_samples, read_prompts
+from handsynth.hand1000.generate import generate_samples, image_size, read_prompts
 from handsynth.hand1000.pipeline import Hand1000Pipeline
 
 PROMPTS = ["a man making phone call hand gesture", "a woman in a blue coat making phone call hand gesture"]
@@ -148,6 +149,22 @@ def test_generate_resumes_without_redoing_images(tmp_path, pipe, tiny_hand1000_p
         changed = tiny_config(batch_size=1)
         changed.run.seed = 11
         generate_samples(changed, tiny_hand1000_path, PROMPTS, out, pipe=pipe)
+
+
+def test_a_zero_size_is_the_size_the_model_was_trained_at(tmp_path, tiny_hand1000_path, pipe):
+    # no recorded resolution: the UNet's sample size times the VAE's scale, as the pipeline defaults
+    assert image_size(tiny_config(height=0, width=0), tiny_hand1000_path) == (pipe.default_size,) * 2
+    assert pipe.default_size == 64
+    folder = tmp_path / "trained-at-32"
+    shutil.copytree(tiny_hand1000_path, folder)
+    meta_path = folder / "hand1000" / "config.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "resolution": 32}))
+    assert image_size(tiny_config(height=0, width=0), folder) == (32, 32)
+    assert image_size(tiny_config(height=0, width=48), folder) == (32, 48)
+    config = tiny_config(height=0, width=0, images_per_prompt=1)
+    records = generate_samples(config, folder, PROMPTS[:1], tmp_path / "out", progress=False)
+    assert (records[0]["height"], records[0]["width"]) == (32, 32)
+    assert Image.open(tmp_path / "out" / records[0]["file"]).size == (32, 32)
 
 
 def test_bad_settings_are_clear_errors(tmp_path, tiny_hand1000_path):

@@ -178,8 +178,8 @@ class GenerateSection:
     mu: float = 0.7
     steps: int = 45
     guidance: float = 3.0
-    height: int = 512
-    width: int = 512
+    height: int = 0  # px; 0: the resolution the model was trained at
+    width: int = 0
     images_per_prompt: int = 1
     batch_size: int = 4
     prompts: str = ""  # a text file (one prompt per line) or a manifest; empty: the test split

@@ -13,6 +13,7 @@ A restart skips every image that already has a record and a file.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from pathlib import Path
@@ -71,15 +72,38 @@ def _check_settings(config: Config) -> None:
     for name in ("steps", "images_per_prompt", "batch_size"):
         if getattr(g, name) < 1:
             raise HandsynthError(f"generate.{name} must be at least 1, got {getattr(g, name)}")
-    if g.height % 8 or g.width % 8 or g.height < 8 or g.width < 8:
-        raise HandsynthError(f"image size must be a positive multiple of 8, got {g.height}x{g.width}")
+    for side in (g.height, g.width):
+        if side % 8 or 0 < side < 8 or side < 0:
+            raise HandsynthError(
+                f"image size must be a positive multiple of 8 (or 0: the model's), got {g.height}x{g.width}"
+            )
+
+
+def image_size(config: Config, model_folder: str | Path) -> tuple[int, int]:
+    """(height, width): generate.height and .width, a 0 taking the resolution the model was trained at
+    (its hand1000/config.json), or for a folder without that record the UNet's, as diffusers defaults."""
+    g = config.generate
+    if g.height and g.width:
+        return g.height, g.width
+    trained = read_hand1000_config(model_folder).get("resolution")
+    if not trained:
+        unet = json.loads((Path(model_folder) / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((Path(model_folder) / "vae" / "config.json").read_text(encoding="utf-8"))
+        trained = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    return g.height or int(trained), g.width or int(trained)
 
 
 def plan_images(
-    config: Config, model: str, prompts: list[str], keys: list[str | None] | None = None
+    config: Config,
+    model: str,
+    prompts: list[str],
+    keys: list[str | None] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per image to make, in index order (without timings: those are added when made)."""
+    """One record per image to make, in index order (without timings: those are added when made).
+    `size`: (height, width), by default generate.height and .width."""
     g = config.generate
+    height, width = size or (g.height, g.width)
     keys = keys or [None] * len(prompts)
     plan = []
     for p, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
@@ -93,8 +117,8 @@ def plan_images(
                 "mu": g.mu,
                 "steps": g.steps,
                 "guidance": g.guidance,
-                "height": g.height,
-                "width": g.width,
+                "height": height,
+                "width": width,
                 "model": model,
             }
             if key is not None:
@@ -140,7 +164,8 @@ def generate_samples(
         raise HandsynthError("no prompts to generate from")
     g = config.generate
     out_dir = Path(out_dir)
-    plan = plan_images(config, str(Path(model_folder).resolve()), prompts, keys)
+    size = image_size(config, model_folder)
+    plan = plan_images(config, str(Path(model_folder).resolve()), prompts, keys, size)
     done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("file",), what="image")
     todo = [r for r in plan if r["index"] not in done]
     if todo:
@@ -155,8 +180,8 @@ def generate_samples(
                 mu=g.mu,
                 num_inference_steps=g.steps,
                 guidance_scale=g.guidance,
-                height=g.height,
-                width=g.width,
+                height=size[0],
+                width=size[1],
                 generator=[torch.Generator("cpu").manual_seed(r["seed"]) for r in batch],
                 output_type="pil",
             ).images
@@ -229,10 +254,18 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--guidance", metavar="SCALE", dest="generate.guidance", type=float, help="guidance scale (3.0)"
     )
     parser.add_argument(
-        "--height", metavar="PX", dest="generate.height", type=int, help="image height in px (512)"
+        "--height",
+        metavar="PX",
+        dest="generate.height",
+        type=int,
+        help="image height in px (0, the default: the resolution the model was trained at)",
     )
     parser.add_argument(
-        "--width", metavar="PX", dest="generate.width", type=int, help="image width in px (512)"
+        "--width",
+        metavar="PX",
+        dest="generate.width",
+        type=int,
+        help="image width in px (0, the default: the resolution the model was trained at)",
     )
     parser.add_argument(
         "--images-per-prompt",
