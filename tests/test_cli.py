@@ -1,4 +1,5 @@
 import argparse
+import logging
 import subprocess
 import sys
 
@@ -45,3 +46,20 @@ def test_bad_config_key_is_a_clear_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "unknown config key 'train.learning_rate'" in err and "unet_lr" in err
     assert "Traceback" not in err
+
+
+def test_library_notices_that_say_nothing_are_dropped(tmp_path, caplog):
+    config = tmp_path / "bad.toml"
+    config.write_text("[train]\nlearning_rate = 1\n")
+    assert main(["demo", "--config", str(config)]) == 2  # main sets the filters up before anything runs
+    transformers = logging.getLogger("transformers.utils.import_utils")
+    diffusers = logging.getLogger("diffusers.models.modeling_utils")
+    with caplog.at_level(logging.WARNING):
+        transformers.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back")
+        diffusers.warning("There are modules in AutoencoderKL that should be kept in float32: []. Casting")
+        diffusers.warning("There are modules in UNet2DConditionModel that should be kept in float32: ['x']")
+        transformers.warning("a notice that matters")
+    assert [r.getMessage()[:40] for r in caplog.records] == [
+        "There are modules in UNet2DConditionMode",
+        "a notice that matters",
+    ]

@@ -57,8 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WithoutEmptyNotices(logging.Filter):
+    """Drops two library notices that tell a handsynth user nothing: transformers' that an image
+    processor falls back to its PIL backend (torchvision is left out on purpose: it pulls in a CUDA
+    torch), and diffusers' that a model cast with `to()` has modules to keep in fp32 when it has none."""
+
+    NOTICES = ("requires torchvision (not installed)", "should be kept in float32: []")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
+
+
+_EMPTY_NOTICES = _WithoutEmptyNotices()  # one instance, so a second main() call adds no second filter
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for library in ("transformers.utils.import_utils", "diffusers.models.modeling_utils"):
+        logging.getLogger(library).addFilter(_EMPTY_NOTICES)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

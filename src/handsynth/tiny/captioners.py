@@ -19,8 +19,8 @@ from transformers import (
     Blip2Processor,
     Blip2QFormerConfig,
     Blip2VisionConfig,
-    BlipImageProcessor,
-    CLIPImageProcessor,
+    BlipImageProcessorPil,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     GemmaConfig,
     GemmaTokenizer,
@@ -35,12 +35,12 @@ from transformers import (
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
     PaliGemmaProcessor,
-    SiglipImageProcessor,
+    SiglipImageProcessorPil,
     SiglipVisionConfig,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
     ViTConfig,
-    ViTImageProcessor,
+    ViTImageProcessorPil,
 )
 
 from handsynth.files import save_pretrained_atomically
@@ -153,7 +153,7 @@ def write_tiny_blip2(folder: str | Path, seed: int = 0) -> Path:
         pad_token="<pad>",
     )
     num_query = 4
-    image_processor = BlipImageProcessor(
+    image_processor = BlipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -203,7 +203,7 @@ def write_tiny_paligemma(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     if _complete(folder, "processor_config.json", "tokenizer.json"):
         return folder
-    image_processor = SiglipImageProcessor(
+    image_processor = SiglipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -278,7 +278,7 @@ def write_tiny_vitgpt2(folder: str | Path, seed: int = 0) -> Path:
     generation.decoder_start_token_id = generation.pad_token_id = generation.eos_token_id = eot_id
     generation.bos_token_id = eot_id
     _readable_noise(model, _byte_ids(tokenizer))
-    image_processor = ViTImageProcessor(
+    image_processor = ViTImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     return save_pretrained_atomically(folder, model, image_processor, tokenizer)
@@ -294,7 +294,7 @@ def write_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
     tokenizer = llama_tokenizer()
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=[0.48145466, 0.4578275, 0.40821073],

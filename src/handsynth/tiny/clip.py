@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPModel,
     CLIPProcessor,
     CLIPVisionConfig,
@@ -52,7 +52,7 @@ def write_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
         # CLIP's preprocessing: shorter side to the input size (bicubic), centre crop, normalise.
-        image_processor = CLIPImageProcessor(
+        image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE_SIZE},
             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
             image_mean=CLIP_MEAN,
