@@ -7,6 +7,7 @@ image latent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -94,15 +95,20 @@ def build_tiny_sd(tokenizer_folder: str | Path, seed: int = 0) -> StableDiffusio
     )
 
 
-def write_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny pipeline to `folder` (skipped if it is already complete); return the folder."""
+def _write_pipeline(folder: str | Path, build: Callable, seed: int) -> Path:
+    """Write `build(tokenizer_folder, seed)`'s pipeline to `folder` (skipped if complete); return it."""
     folder = Path(folder)
     if (folder / "model_index.json").is_file():
         return folder
     with atomic_dir(folder) as tmp:
         write_clip_tokenizer(tmp / "tokenizer")
-        build_tiny_sd(tmp / "tokenizer", seed=seed).save_pretrained(tmp)
+        build(tmp / "tokenizer", seed=seed).save_pretrained(tmp)
     return folder
+
+
+def write_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny pipeline to `folder` (skipped if it is already complete); return the folder."""
+    return _write_pipeline(folder, build_tiny_sd, seed)
 
 
 def build_tiny_sd_inpainting(tokenizer_folder: str | Path, seed: int = 0) -> StableDiffusionInpaintPipeline:
@@ -136,10 +142,4 @@ def build_tiny_sd_inpainting(tokenizer_folder: str | Path, seed: int = 0) -> Sta
 
 def write_tiny_sd_inpainting(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny inpainting pipeline to `folder` (skipped if already complete); return the folder."""
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file():
-        return folder
-    with atomic_dir(folder) as tmp:
-        write_clip_tokenizer(tmp / "tokenizer")
-        build_tiny_sd_inpainting(tmp / "tokenizer", seed=seed).save_pretrained(tmp)
-    return folder
+    return _write_pipeline(folder, build_tiny_sd_inpainting, seed)
