@@ -3,8 +3,9 @@
 Hand1000: dataset -> quality -> features -> train -> generate -> evaluate.
 Two-stage: pose data -> hand generator -> outpainter -> generate -> evaluate -> blending ablation.
 Then the report page. Each step reads the files the one before wrote under the run folder. A finished
-step leaves a marker in `steps/` with a fingerprint of the config sections it reads; a re-run skips it
-while those are unchanged, and a step cut short resumes from the work it had saved.
+step leaves a marker in `steps/` with a fingerprint of the config sections it and the steps before it
+read; a re-run skips it while those are unchanged (a new [evaluate] setting re-runs the evaluations, not
+the training), and a step cut short resumes from the work it had saved.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 
 
 METHODS = ("hand1000", "twostage")
-HAND1000_SECTIONS = ("data", "features", "model", "train", "generate", "evaluate")
-TWOSTAGE_SECTIONS = ("data", "pose", "handgen", "outpaint", "twostage", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,17 @@ class Step:
     title: str
     func: Callable[[Config, Path], dict]
     sections: tuple[str, ...]  # the config sections it reads, besides run.output_dir, seed and device
+
+
+def chained(steps: list[Step]) -> list[Step]:
+    """The steps of one method, each also fingerprinting the sections the steps before it read: a
+    change upstream re-runs everything downstream, a change downstream (evaluate, say) nothing above."""
+    read: list[str] = []
+    out = []
+    for step in steps:
+        read += [name for name in step.sections if name not in read]
+        out.append(dataclasses.replace(step, sections=tuple(read)))
+    return out
 
 
 def _dataset(config: Config, out: Path) -> dict:
@@ -156,34 +166,43 @@ def _report(config: Config, out: Path) -> dict:
     return {"file": str(page.relative_to(out))}
 
 
-HAND1000_STEPS = [
-    Step("dataset", "dataset: select, prepare, caption, rewrite", _dataset, HAND1000_SECTIONS),
-    Step("quality", "dataset quality: CLIP similarities", _quality, HAND1000_SECTIONS),
-    Step("features", "Stage I: mean MediaPipe hand feature", _features, HAND1000_SECTIONS),
-    Step("train", "Stages II+III: embedding optimisation and UNet fine-tuning", _train, HAND1000_SECTIONS),
-    Step("generate", "generation on the test prompts", _generate, HAND1000_SECTIONS),
-    Step(
-        "evaluate",
-        "evaluation: FID, KID, FID-H, KID-H, HAND-CONF, gesture accuracy",
-        _evaluate,
-        HAND1000_SECTIONS,
-    ),
-]
-TWOSTAGE_STEPS = [
-    Step("pose-data", "two-stage data: poses, masks, hand crops, captions", _pose_data, TWOSTAGE_SECTIONS),
-    Step("handgen", "stage 1: the multi-task hand generator", _handgen, TWOSTAGE_SECTIONS),
-    Step("outpaint", "stage 2: the ControlNet + LoRA outpainter", _outpaint, TWOSTAGE_SECTIONS),
-    Step(
-        "twostage-generate", "two-stage generation on the test poses", _twostage_generate, TWOSTAGE_SECTIONS
-    ),
-    Step(
-        "twostage-evaluate",
-        "two-stage evaluation: DAP, MPJPE, FID/KID (fg), CLIPSIM",
-        _twostage_evaluate,
-        TWOSTAGE_SECTIONS,
-    ),
-    Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, TWOSTAGE_SECTIONS),
-]
+HAND1000_STEPS = chained(
+    [
+        Step("dataset", "dataset: select, prepare, caption, rewrite", _dataset, ("data",)),
+        Step("quality", "dataset quality: CLIP similarities", _quality, ("data",)),
+        Step("features", "Stage I: mean MediaPipe hand feature", _features, ("features",)),
+        Step(
+            "train",
+            "Stages II+III: embedding optimisation and UNet fine-tuning",
+            _train,
+            ("model", "train", "generate"),  # validation grids sample with [generate]
+        ),
+        Step("generate", "generation on the test prompts", _generate, ("generate",)),
+        Step(
+            "evaluate",
+            "evaluation: FID, KID, FID-H, KID-H, HAND-CONF, gesture accuracy",
+            _evaluate,
+            ("evaluate",),
+        ),
+    ]
+)
+TWOSTAGE_STEPS = chained(
+    [
+        Step("pose-data", "two-stage data: poses, masks, hand crops, captions", _pose_data, ("data", "pose")),
+        Step("handgen", "stage 1: the multi-task hand generator", _handgen, ("handgen", "train")),
+        Step("outpaint", "stage 2: the ControlNet + LoRA outpainter", _outpaint, ("outpaint", "train")),
+        Step(
+            "twostage-generate", "two-stage generation on the test poses", _twostage_generate, ("twostage",)
+        ),
+        Step(
+            "twostage-evaluate",
+            "two-stage evaluation: DAP, MPJPE, FID/KID (fg), CLIPSIM",
+            _twostage_evaluate,
+            ("evaluate",),
+        ),
+        Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, ()),
+    ]
+)
 REPORT = Step("report", "report page", _report, tuple(f.name for f in dataclasses.fields(Config)))
 
 
