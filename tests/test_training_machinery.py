@@ -148,6 +148,15 @@ def test_resume_refuses_a_different_plan_and_a_missing_checkpoint(tmp_path):
         other.load_checkpoint()
 
 
+def test_resume_refuses_another_seed(tmp_path):
+    """The shuffles and the noise draw from run.seed: a resume with another would be another run."""
+    run_toy(tmp_path, max_steps=2)
+    config = toy_config(init_from="resume")
+    config.run.seed = 5
+    with pytest.raises(HandsynthError, match=r"different run setup \(seed: 0 -> 5\)"):
+        ToyTrainer(config, tmp_path).load_checkpoint()
+
+
 def test_a_scratch_run_clears_the_outputs_of_the_last_one(tmp_path):
     run_toy(tmp_path, max_steps=3)
     assert (tmp_path / "checkpoints" / "latest").is_file()
@@ -171,7 +180,8 @@ def test_resume_refuses_another_optimizer_or_precision(tmp_path, key, value):
     naming them resumes, and 8-bit Adam (as after installing bitsandbytes) or bf16 is refused."""
     run_toy(tmp_path, max_steps=2)
     shared = torch.load(tmp_path / "checkpoints" / "step-00000002" / "shared.pt", weights_only=False)
-    assert shared["plan"] == {"toy": 1, "mixed_precision": "no", "optimizer": "adam"}
+    plan = {"toy": 1, "seed": 0, "processes": 1, "mixed_precision": "no", "optimizer": "adam"}
+    assert shared["plan"] == plan
     same = ToyTrainer(toy_config(init_from="resume", mixed_precision="no", optimizer="adam"), tmp_path)
     same.load_checkpoint()
     assert same.step == 2

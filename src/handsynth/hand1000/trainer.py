@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from handsynth.training.trainer import (
     Trainer,
     add_training_arguments,
     check_settings,
+    keys_digest,
     make_accelerator,
     resolve_auto_settings,
 )
@@ -559,8 +559,7 @@ def train_hand1000(
         "unet_lr": train.unet_lr,
         "unet_epochs": train.unet_epochs,
         "batch_size": train.batch_size,
-        "processes": world,
-        "images": hashlib.sha1("\n".join(item.key for item in items).encode()).hexdigest(),
+        "images": keys_digest(item.key for item in items),
         "fusion": config.model.fusion,
         "train_fusion": config.model.train_fusion,
         "lam": config.model.lam,

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,11 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(part).all()) for part in t.split(rows))
 
 
+def keys_digest(keys: Iterable[str]) -> str:
+    """What identifies a training set in a run's plan: its item keys, in order."""
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()
+
+
 class Trainer:
     """One training run's accelerator, generator, step counter, checkpoints, logs and progress bar."""
 
@@ -219,9 +225,16 @@ class Trainer:
     @property
     def plan(self) -> dict[str, Any]:
         """What decides the numbers, saved in each checkpoint and compared on `--resume`: the plan the
-        subclass gave, plus the precision and optimiser that "auto" resolved to on this machine."""
+        subclass gave, plus the seed (the shuffles and the noise draw from it), the process count, and
+        the precision and optimiser that "auto" resolved to on this machine."""
         train = self.config.train
-        return {**self._plan, "mixed_precision": train.mixed_precision, "optimizer": train.optimizer}
+        return {
+            **self._plan,
+            "seed": self.config.run.seed,
+            "processes": self.acc.num_processes,
+            "mixed_precision": train.mixed_precision,
+            "optimizer": train.optimizer,
+        }
 
     @plan.setter
     def plan(self, plan: dict[str, Any]) -> None:

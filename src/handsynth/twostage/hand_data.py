@@ -7,7 +7,6 @@ draws the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +87,6 @@ def read_hand_items(manifest: str | Path, split: str = "train") -> list[HandItem
             "Rebuild the dataset with `handsynth pose build`, or remove those rows."
         )
     return items
-
-
-def items_digest(items: list[HandItem]) -> str:
-    """What identifies the training set in a run's plan: its keys, in order."""
-    return hashlib.sha1("\n".join(item.key for item in items).encode()).hexdigest()
 
 
 def _gray(path: Path) -> np.ndarray:

@@ -40,13 +40,18 @@ from handsynth.training.diffusion import (
     noise_target,
     ready_for_training,
 )
-from handsynth.training.trainer import Trainer, check_settings, make_accelerator, resolve_auto_settings
+from handsynth.training.trainer import (
+    Trainer,
+    check_settings,
+    keys_digest,
+    make_accelerator,
+    resolve_auto_settings,
+)
 from handsynth.twostage.hand_data import (
     HandBatch,
     HandItem,
     augment,
     drop_masks,
-    items_digest,
     load_batch,
     read_hand_items,
 )
@@ -242,7 +247,7 @@ def train_handgen(
     acc = make_accelerator(config, work)
     total = handgen.epochs * math.ceil(len(items) / (handgen.batch_size * acc.num_processes))
     plan = {
-        "hands": items_digest(items),
+        "hands": keys_digest(item.key for item in items),
         "base": handgen.base,
         "resolution": handgen.resolution,
         "batch_size": handgen.batch_size,
@@ -250,7 +255,6 @@ def train_handgen(
         "lr": handgen.lr,
         "mask_loss_weight": handgen.mask_loss_weight,
         "mask_dropout": handgen.mask_dropout,
-        "processes": acc.num_processes,
     }
     set_seed(config.run.seed)
     trainer = HandgenTrainer(config, acc, load_base_models(handgen.base), items, work, plan, total)

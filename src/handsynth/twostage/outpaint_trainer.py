@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from handsynth.training.trainer import (
     Trainer,
     add_training_arguments,
     check_settings,
+    keys_digest,
     make_accelerator,
     resolve_auto_settings,
 )
@@ -358,12 +358,10 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
         "lr": settings.lr,
         "batch_size": settings.batch_size,
         "epochs": settings.epochs,
-        "processes": acc.num_processes,
         "resolution": models.resolution,
         "skeleton": settings.skeleton,
         "background": settings.background,
-        "seed": config.run.seed,
-        "images": hashlib.sha1("\n".join(item.key for item in items).encode()).hexdigest(),
+        "images": keys_digest(item.key for item in items),
     }
     log.info(
         "training the outpainter LoRA on %d images (%s) for %d steps per process on %d process(es)",
