@@ -111,6 +111,16 @@ def test_synthetic_build_writes_the_contract(synthetic_build):
     assert sheet.width == 4 * 160 and sheet.height == 22 + 6 * 160
 
 
+def test_a_rebuild_with_another_split_moves_the_images_it_selects(tmp_path):
+    build_pose_dataset(_config(tmp_path), progress=False)
+    build_pose_dataset(_config(tmp_path, **{"pose.n_train": 2, "pose.n_test": 2}), progress=False)
+    out = tmp_path / "twostage-data"
+    rows = files.read_jsonl(out / "images.jsonl")
+    assert [r["split"] for r in rows].count("test") == 4 and len(rows) == 8
+    for row in rows:
+        assert f"/{row['split']}/" in f"/{row['image']}" and (out / row["image"]).is_file(), row["image"]
+
+
 def test_images_with_small_hand_masks_are_kept_for_evaluation_but_not_outpainting(tmp_path):
     report = build_pose_dataset(_config(tmp_path, **{"pose.min_mask_pixels": 10**6}), progress=False)
     rows = files.read_jsonl(tmp_path / "twostage-data" / "images.jsonl")

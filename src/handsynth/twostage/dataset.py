@@ -376,7 +376,13 @@ def build_pose_dataset(
         ]
     _check_settings(out, config)
     progress_path = out / "progress.jsonl"
-    done = _read_progress(progress_path)
+    # an image finished under another split (a new seed or n_test) is made again under its new one
+    splits = {item.key: item.split for item in items}
+    done = {
+        key: entry
+        for key, entry in _read_progress(progress_path).items()
+        if entry["image_row"]["split"] == splits.get(key)
+    }
     todo = [item for item in items if item.key not in done]
     own = SourcePoses(source)
     # every selected image without the source's own pose, finished or not: the report counts them all
