@@ -7,18 +7,22 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import cv2
 import mediapipe as mp
 import numpy as np
 import pytest
 from PIL import Image
+from tqdm import tqdm
 
 from handsynth import cli, files
 from handsynth.config import FeaturesSection
 from handsynth.errors import HandsynthError
 from handsynth.hand1000 import features
 from handsynth.hand1000.features import compute_gesture_feature
+from handsynth.perception.hands import detect_in_workers
 
 PAPER_GESTURES = ["call", "four", "like", "mute", "ok", "palm"]
 
@@ -244,6 +248,23 @@ def test_a_worker_that_dies_is_a_clear_error_not_a_hang(monkeypatch):
         HandsynthError, match="worker process died while detecting hands in 'call'.*--workers 1"
     ):
         list(features._run_detections(jobs, FeaturesSection(workers=2), context, False, "call"))
+
+
+def _slow_touch(path):
+    time.sleep(0.1)
+    Path(path).touch()
+    return path
+
+
+def test_a_reader_that_stops_early_leaves_the_queued_images_undone(tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    jobs = [str(done / str(i)) for i in range(40)]
+    context = multiprocessing.get_context("fork")
+    results = detect_in_workers(jobs, _slow_touch, _no_init, ({},), 2, context, tqdm(disable=True), "died")
+    next(results)
+    results.close()  # the reader stops, as on an error or Ctrl-C
+    assert 1 <= len(list(done.iterdir())) < 10  # the running and prefetched ones, not all 40
 
 
 def test_an_interrupted_run_keeps_its_detections(tmp_path, hagrid_mini, monkeypatch):
