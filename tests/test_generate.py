@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -97,6 +98,7 @@ def test_generate_writes_images_records_and_grid(tmp_path, pipe, tiny_hand1000_p
         "height": 64,
         "width": 64,
         "model": str(tiny_hand1000_path.resolve()),
+        "weights": files.folder_stamp(tiny_hand1000_path),
         "key": "k2",
     }
     assert files.read_jsonl(out / "records.jsonl") == records
@@ -165,6 +167,11 @@ def test_a_zero_size_is_the_size_the_model_was_trained_at(tmp_path, tiny_hand100
     records = generate_samples(config, folder, PROMPTS[:1], tmp_path / "out", progress=False)
     assert (records[0]["height"], records[0]["width"]) == (32, 32)
     assert Image.open(tmp_path / "out" / records[0]["file"]).size == (32, 32)
+    # the model saved again (retrained) did not make these images: they are not taken as finished
+    unet_weights = next((folder / "unet").glob("*.safetensors"))
+    os.utime(unet_weights, ns=(0, unet_weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(HandsynthError, match=r"made with other settings \(weights differ\)"):
+        generate_samples(config, folder, PROMPTS[:1], tmp_path / "out", progress=False)
 
 
 def test_bad_settings_are_clear_errors(tmp_path, tiny_hand1000_path):

@@ -155,6 +155,12 @@ def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refuse
         run(pipe, body_only)
 
 
+def test_a_per_call_background_fills_the_canvas(pipe):
+    for level in (0, 200):
+        canvas = run(pipe, toy_pose(SIZE), background=level).canvas
+        assert canvas.mask.any() and (canvas.image[~canvas.mask] == level).all()
+
+
 def test_poses_are_fitted_into_the_square_and_read_from_both_manifests(tmp_path):
     pose = empty_pose()
     pose[0] = (100, 50, 2)
@@ -214,6 +220,17 @@ def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypa
     ):
         generate_twostage(config, jobs[:1], out, pipe=pipe, progress=False)
     assert not calls and (out / "images" / "p0.png").read_bytes() == made  # nothing overwritten
+    # every setting that shapes the image counts: the canvas's background, stage 1's steps, the models
+    config.outpaint.blending = "sequential"
+    for key, value, named in [
+        ("outpaint.background", 0, "background"),
+        ("handgen.steps", 5, "hand_steps"),
+        ("outpaint.controlnet", "another/controlnet", "models"),
+    ]:
+        changed = copy.deepcopy(config)
+        changed.set(key, value)
+        with pytest.raises(HandsynthError, match=rf"other settings \({named} differ\)"):
+            generate_twostage(changed, jobs[:1], out, pipe=pipe, progress=False)
     # a pose of the set made alone keeps the records of the others
     (out / "images" / "p1.png").unlink()
     config.outpaint.blending = "sequential"

@@ -3,6 +3,7 @@ at all, so an interrupted run can resume."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -212,6 +213,15 @@ class DigestCache:
             append_jsonl(self.path, *self.pending)
             self.pending = []
         self.flushed_at = time.monotonic()
+
+
+def folder_stamp(folder: str | os.PathLike) -> str:
+    """A digest of the names, sizes and modification times of the files under `folder`. It changes when
+    a model is saved there again, at the cost of a directory walk rather than of hashing its weights."""
+    folder = Path(folder)
+    stats = {str(p.relative_to(folder)): p.stat() for p in folder.rglob("*") if p.is_file()}
+    entries = sorted((name, s.st_size, s.st_mtime_ns) for name, s in stats.items())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def finished_records(

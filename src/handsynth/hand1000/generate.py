@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 GRID_MAX_IMAGES = 64
 GRID_CELL = 256  # px, the most a grid cell is scaled to
 # Record fields that must match for an image on disk to count as done on a restart.
-SETTINGS_KEYS = ("prompt", "seed", "mu", "steps", "guidance", "height", "width", "model")
+SETTINGS_KEYS = ("prompt", "seed", "mu", "steps", "guidance", "height", "width", "model", "weights")
 
 
 def read_prompts(source: str | Path, gesture: str | None = None) -> tuple[list[str], list[str | None]]:
@@ -101,9 +101,11 @@ def plan_images(
     size: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per image to make, in index order (without timings: those are added when made).
-    `size`: (height, width), by default generate.height and .width."""
+    `model` is the model folder, whose `files.folder_stamp` tells a retrained model from the one that
+    made earlier images; `size`: (height, width), by default generate.height and .width."""
     g = config.generate
     height, width = size or (g.height, g.width)
+    weights = files.folder_stamp(model)
     keys = keys or [None] * len(prompts)
     plan = []
     for p, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
@@ -120,6 +122,7 @@ def plan_images(
                 "height": height,
                 "width": width,
                 "model": model,
+                "weights": weights,
             }
             if key is not None:
                 record["key"] = key

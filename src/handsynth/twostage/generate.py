@@ -32,6 +32,8 @@ from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
+from handsynth.twostage.paths import default_handgen_dir, default_lora_dir
+from handsynth.twostage.sampler import SAMPLING_KEYS
 from handsynth.twostage.skeleton import draw_openpose
 
 log = logging.getLogger(__name__)
@@ -154,17 +156,12 @@ def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
     return path
 
 
-SETTINGS_KEYS = (
-    "prompt",
-    "keypoints",
-    "seed",
-    "blending",
-    "blend_noise",
-    "steps",
-    "guidance",
-    "unmasked_steps",
-    "width",
-)
+# what makes the image besides the pose job: stage 2's sampling, its canvas and condition, stage 1's
+# sampling, and the models (with `files.folder_stamp` of the trained ones, so a retrained model is seen)
+IMAGE_SETTINGS = (
+    *SAMPLING_KEYS, "skeleton", "background", "hand_steps", "hand_guidance", "models", "weights",
+)  # fmt: skip
+SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", *IMAGE_SETTINGS)
 
 
 def generate_twostage(
@@ -185,6 +182,16 @@ def generate_twostage(
     out_dir = Path(out_dir)
     settings = {**vars(config.outpaint), **outpaint_settings}
     size = config.twostage.size
+    handgen, lora = default_handgen_dir(config), default_lora_dir(config)
+    lora = lora if lora.is_dir() else None
+    made_by = {
+        **{k: settings[k] for k in (*SAMPLING_KEYS, "skeleton", "background")},
+        "hand_steps": config.handgen.steps,
+        "hand_guidance": config.handgen.guidance,
+        "models": [str(handgen.resolve()), config.outpaint.base, config.outpaint.controlnet]
+        + [lora and str(lora.resolve())],
+        "weights": [files.folder_stamp(folder) for folder in (handgen, lora) if folder is not None],
+    }
     plan = [
         {
             "key": job.key,
@@ -196,7 +203,7 @@ def generate_twostage(
             "height": size,
             "seed": config.run.seed + n,
             "source": job.source,
-            **{k: settings[k] for k in ("blending", "blend_noise", "steps", "guidance", "unmasked_steps")},
+            **made_by,
         }
         for n, job in enumerate(jobs)
     ]
@@ -230,13 +237,9 @@ def generate_twostage(
     return records
 
 
-def handgen_dir(config: Config) -> Path:
-    return Path(config.handgen.model_dir or Path(config.run.output_dir) / "models" / "handgen")
-
-
 def lora_dir(config: Config) -> Path | None:
     """The outpainter's LoRA: outpaint.lora_dir, or <run>/models/outpaint-lora when it exists."""
-    folder = Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
+    folder = default_lora_dir(config)
     if config.outpaint.lora_dir and not folder.is_dir():
         raise HandsynthError(f"outpaint.lora_dir is {folder}, which is not a folder; train it first")
     if not folder.is_dir():
@@ -255,7 +258,7 @@ def default_poses(config: Config) -> Path:
 def load_pipeline(config: Config) -> Any:
     from handsynth.twostage.pipeline import TwoStagePipeline
 
-    handgen = handgen_dir(config)
+    handgen = default_handgen_dir(config)
     if not handgen.is_dir():
         raise HandsynthError(
             f"no hand generator at {handgen}; train one with `handsynth handgen train`, "

@@ -33,8 +33,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="train the multi-task hand generator on hand crops",
         description="Fine-tune the base SD UNet, its conv_in widened to 4 + 11 channels, and a mask head "
         "on the train rows of hands.jsonl: loss = noise MSE + handgen.mask_loss_weight x mask MSE. Writes "
-        "the model folder (default <output-dir>/handgen) and <output-dir>/train/handgen/ (loss.jsonl with "
-        "the ldm and mask terms, checkpoints, validation grids). Runs under `accelerate launch`.",
+        "the model folder (default <output-dir>/models/handgen) and <output-dir>/train/handgen/ "
+        "(loss.jsonl with the ldm and mask terms, checkpoints, validation grids). Runs under `accelerate "
+        "launch`.",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -130,6 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from handsynth.twostage.hand_generate import generate_hands
+    from handsynth.twostage.paths import default_handgen_dir
 
     config = config_from_args(args)
     out = Path(config.run.output_dir)
@@ -137,7 +139,7 @@ def run_generate(args: argparse.Namespace) -> int:
     save_config(config, out_dir / "config.toml")
     records = generate_hands(
         config,
-        args.model or config.handgen.model_dir or out / "models" / "handgen",
+        args.model or default_handgen_dir(config),
         args.keypoints,
         out_dir,
         args.prompt,

@@ -70,6 +70,7 @@ from handsynth.twostage.outpaint_models import (
     predict_noise,
     save_lora,
 )
+from handsynth.twostage.paths import default_lora_dir
 from handsynth.twostage.skeleton import VARIANTS, draw_openpose
 
 log = logging.getLogger(__name__)
@@ -328,10 +329,6 @@ def check_outpaint_settings(config: Config) -> None:
     if not 0 <= settings.background <= 255:
         raise HandsynthError(f"outpaint.background is a grey level in 0-255, got {settings.background}")
     check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
-
-
-def default_lora_dir(config: Config) -> Path:
-    return Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
 
 
 def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -> OutpaintTrainer:

@@ -30,7 +30,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
-from handsynth.twostage.crops import CROP_MARGIN, CropPlan, plan_crops, to_box
+from handsynth.twostage.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, plan_crops, to_box
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint_models import DEFAULT_BASE, DEFAULT_CONTROLNET
 from handsynth.twostage.outpainter import Outpainter
@@ -167,8 +167,8 @@ class TwoStagePipeline:
         plans = plan_crops(pose, width, height, self.crop_margin)
         if not plans:
             raise HandsynthError(
-                "the pose has no hand to draw: the two-stage method needs at least one hand with most of "
-                "its 21 keypoints present (v > 0)"
+                f"the pose has no hand to draw: the two-stage method needs at least one hand with "
+                f"{MIN_HAND_POINTS} or more of its 21 keypoints present (v > 0)"
             )
         size = self.hand_generator.resolution
         keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
@@ -195,7 +195,8 @@ class TwoStagePipeline:
             HandCrop(h.image, binary, h.keypoints)
             for h, binary in zip(hands, drawn.masks_binary, strict=True)
         ]
-        canvas = place_hands(cut, pose, width, height, self.outpainter.settings.background)
+        background = outpaint_settings.get("background", self.outpainter.settings.background)
+        canvas = place_hands(cut, pose, width, height, background)
         if not canvas.mask.any():
             log.warning("the hand generator's masks are empty: the outpainter paints the whole image")
         result = self.outpainter(
