@@ -31,3 +31,28 @@ def test_a_change_reruns_its_step_and_those_after_it_only():
     ]  # fmt: skip
     everything = [step.name for step in [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.REPORT]]
     assert changed_steps("data.image_size", 256) == everything and len(everything) == 13
+
+
+def test_a_step_run_again_for_a_changed_config_starts_from_empty_outputs(tmp_path, monkeypatch):
+    seen = []
+
+    def make_samples(config, out):
+        seen.append(sorted(p.name for p in (out / "samples").glob("*")))
+        (out / "samples").mkdir(exist_ok=True)
+        (out / "samples" / f"guidance-{config.generate.guidance}.png").touch()
+        return {}
+
+    steps = [
+        run.Step("train", "train", lambda config, out: {}, ("train",)),
+        run.Step("generate", "generate", make_samples, ("generate",), ("samples",)),
+    ]
+    monkeypatch.setattr(run, "HAND1000_STEPS", run.chained(steps))
+    monkeypatch.setattr(run, "REPORT", run.Step("report", "report", lambda config, out: {}, ()))
+    config = Config()
+    config.run.output_dir = str(tmp_path)
+    run.run_pipeline(config)
+    run.run_pipeline(config)  # unchanged: skipped, the samples kept
+    config.generate.guidance = 5.0
+    run.run_pipeline(config)  # changed: the old samples go before the step runs
+    assert seen == [[], []]
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["guidance-5.0.png"]

@@ -5,7 +5,8 @@ Two-stage: pose data -> hand generator -> outpainter -> generate -> evaluate -> 
 Then the report page. Each step reads the files the one before wrote under the run folder. A finished
 step leaves a marker in `steps/` with a fingerprint of the config sections it and the steps before it
 read; a re-run skips it while those are unchanged (a new [evaluate] setting re-runs the evaluations, not
-the training), and a step cut short resumes from the work it had saved.
+the training), a generation step run again for a changed config starts from an empty folder, and a
+step cut short resumes from the work it had saved.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ class Step:
     title: str
     func: Callable[[Config, Path], dict]
     sections: tuple[str, ...]  # the config sections it reads, besides run.output_dir, seed and device
+    # folders under the run it fills and resumes in: emptied when it runs again for a changed config,
+    # so the images of an older model or setting are not taken as finished
+    outputs: tuple[str, ...] = ()
 
 
 def chained(steps: list[Step]) -> list[Step]:
@@ -177,7 +182,7 @@ HAND1000_STEPS = chained(
             _train,
             ("model", "train", "generate"),  # validation grids sample with [generate]
         ),
-        Step("generate", "generation on the test prompts", _generate, ("generate",)),
+        Step("generate", "generation on the test prompts", _generate, ("generate",), ("samples",)),
         Step(
             "evaluate",
             "evaluation: FID, KID, FID-H, KID-H, HAND-CONF, gesture accuracy",
@@ -192,7 +197,11 @@ TWOSTAGE_STEPS = chained(
         Step("handgen", "stage 1: the multi-task hand generator", _handgen, ("handgen", "train")),
         Step("outpaint", "stage 2: the ControlNet + LoRA outpainter", _outpaint, ("outpaint", "train")),
         Step(
-            "twostage-generate", "two-stage generation on the test poses", _twostage_generate, ("twostage",)
+            "twostage-generate",
+            "two-stage generation on the test poses",
+            _twostage_generate,
+            ("twostage",),
+            ("twostage/samples",),
         ),
         Step(
             "twostage-evaluate",
@@ -200,7 +209,7 @@ TWOSTAGE_STEPS = chained(
             _twostage_evaluate,
             ("evaluate",),
         ),
-        Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, ()),
+        Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, (), ("twostage/ablation",)),
     ]
 )
 REPORT = Step("report", "report page", _report, tuple(f.name for f in dataclasses.fields(Config)))
@@ -259,9 +268,13 @@ def run_pipeline(config: Config) -> Path:
         fingerprint = config_fingerprint(config, step.sections)
         marker = out / "steps" / f"{step.name}.json"
         prefix = f"[{number}/{len(steps)}] {step.title}"
-        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-            log.info("%s: done in an earlier run, skipped", prefix)
-            continue
+        if marker.is_file():
+            if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+                log.info("%s: done in an earlier run, skipped", prefix)
+                continue
+            for folder in step.outputs:  # made with other settings: not a run to resume
+                shutil.rmtree(out / folder, ignore_errors=True)
+            marker.unlink()
         log.info("%s ...", prefix)
         start = time.perf_counter()
         summary = step.func(config, out)
