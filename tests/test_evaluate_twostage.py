@@ -303,6 +303,33 @@ def test_bad_records_settings_and_manifests_are_named(tmp_path):
     config.evaluate.twostage_feature_dims = [100]
     with pytest.raises(HandsynthError, match="twostage_feature_dims"):
         ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print)
+    # the settings both evaluations read are checked here too: a KID subset of 1 divides by zero
+    for key, value, message in [
+        ("evaluate.kid_subset_size", 1, "kid_subset_size >= 2"),
+        ("evaluate.kid_estimator", "biased", "kid_estimator must be one of"),
+        ("evaluate.fg_masks", "rembg", "fg_masks must be one of"),
+    ]:
+        config = Config()
+        config.set(key, value)
+        with pytest.raises(HandsynthError, match=message):
+            ets.check_twostage_settings(config, ets.TWOSTAGE_METRICS)
+
+
+def test_evaluate_command_passes_metrics_to_the_two_stage_method_and_refuses_hand1000_flags(
+    tmp_path, monkeypatch, capsys
+):
+    from handsynth.cli import main
+
+    asked = []
+    monkeypatch.setattr(ets, "evaluate_samples", lambda *a, **k: asked.append(a[4]) or {"metrics": {}})
+    out = ["--output-dir", str(tmp_path)]
+    assert main(["evaluate", "--method", "twostage", "--metrics", "fid,dap", *out]) == 0
+    assert main(["evaluate", "--method", "twostage", *out]) == 0
+    assert asked == [["fid", "dap"], None]  # None: evaluate.twostage_metrics
+    assert main(["evaluate", "--method", "twostage", "--gesture", "call", *out]) == 2
+    assert main(["evaluate", "--method", "twostage", "--feature-dim", "768", *out]) == 2
+    err = capsys.readouterr().err
+    assert "--gesture is for --method hand1000" in err and "twostage_feature_dims" in err
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from handsynth import run
 from handsynth.config import Config
+from handsynth.errors import HandsynthError
 
 
 def changed_steps(key: str, value) -> list[str]:
@@ -56,3 +59,20 @@ def test_a_step_run_again_for_a_changed_config_starts_from_empty_outputs(tmp_pat
     run.run_pipeline(config)  # changed: the old samples go before the step runs
     assert seen == [[], []]
     assert [p.name for p in (tmp_path / "samples").iterdir()] == ["guidance-5.0.png"]
+
+
+def test_evaluation_settings_are_checked_before_any_step_runs(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(run, "HAND1000_STEPS", [run.Step("dataset", "d", lambda c, o: ran.append(1), ())])
+    for methods, key, value, message in [
+        (["hand1000"], "evaluate.kid_subset_size", 1, "kid_subset_size >= 2"),
+        (["hand1000"], "evaluate.metrics", ["fid_x"], r"unknown metrics \['fid_x'\]"),
+        (["twostage"], "evaluate.twostage_metrics", ["dap", "fid_h"], r"unknown metrics \['fid_h'\]"),
+        (["twostage"], "evaluate.dap_area", "box", "dap_area must be one of"),
+    ]:
+        config = Config()
+        config.run.output_dir, config.run.methods = str(tmp_path), methods
+        config.set(key, value)
+        with pytest.raises(HandsynthError, match=message):
+            run.run_pipeline(config)
+    assert not ran

@@ -240,10 +240,13 @@ def check_config(config: Config) -> None:
             raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
         for gesture in config.data.gestures:
             check_gesture(gesture)
+        from handsynth.evaluation.evaluate import check_evaluate_settings
         from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
 
         check_train_settings(config)
+        check_evaluate_settings(config)
     if "twostage" in config.run.methods:
+        from handsynth.evaluation.evaluate_twostage import check_twostage_settings
         from handsynth.twostage.ablation import check_modes
         from handsynth.twostage.blending import check_blend_settings
         from handsynth.twostage.dataset import check_pose_settings
@@ -256,6 +259,7 @@ def check_config(config: Config) -> None:
         outpaint = config.outpaint
         check_blend_settings(outpaint.blending, outpaint.blend_noise, outpaint.unmasked_steps)
         check_modes(list(config.twostage.ablation))
+        check_twostage_settings(config, config.evaluate.twostage_metrics)
 
 
 def run_pipeline(config: Config) -> Path:

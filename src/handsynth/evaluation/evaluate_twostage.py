@@ -34,6 +34,7 @@ from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
+from handsynth.evaluation.common import check_shared_settings, format_value
 from handsynth.perception.wholebody import check_pose
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,9 @@ def _tap_features(
     )[0]
 
 
-def _check_settings(config: Config, wanted: Sequence[str], detector: Detector | None) -> list[int]:
+def check_twostage_settings(config: Config, wanted: Sequence[str]) -> list[int]:
+    """Fail before any image is read, naming the config key; returns the feature dims."""
+    check_shared_settings(config)
     ev = config.evaluate
     unknown = set(wanted) - set(TWOSTAGE_METRICS)
     if unknown:
@@ -241,8 +244,8 @@ def _check_settings(config: Config, wanted: Sequence[str], detector: Detector | 
         )
     if ev.dap_area not in pose_metrics.AREA_MODES:
         raise HandsynthError(f"evaluate.dap_area must be one of {pose_metrics.AREA_MODES}")
-    if detector is None and POSE_METRICS & set(wanted):
-        raise HandsynthError("DAP and MPJPE need a pose detector; pass one, or leave them out of the metrics")
+    if ev.fg_masks not in FG_MASKS:
+        raise HandsynthError(f"evaluate.fg_masks must be one of {', '.join(FG_MASKS)}, got '{ev.fg_masks}'")
     return list(dict.fromkeys(dims))
 
 
@@ -263,7 +266,9 @@ def evaluate_twostage(
     from handsynth.hub import resolve_device
 
     ev = config.evaluate
-    dims = _check_settings(config, wanted, detector)
+    dims = check_twostage_settings(config, wanted)
+    if detector is None and POSE_METRICS & set(wanted):
+        raise HandsynthError("DAP and MPJPE need a pose detector; pass one, or leave them out of the metrics")
     records = check_records(records)
     real_paths = real_image_paths(real_manifest, split)
     fake_paths = [Path(r["image"]) for r in records]
@@ -414,14 +419,6 @@ def sample_grid(
     return grid
 
 
-def _number(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if value == 0 or abs(value) >= 10**-digits else f"{value:.3e}"
-    return str(value)
-
-
 def headline(report: dict) -> dict[str, float | None]:
     """One number per metric: the keys of seed 004's Table I."""
     fields = {"fid": "value", "kid": "mean", "fid_fg": "value", "kid_fg": "mean", "clipsim": "clipsim"}
@@ -436,15 +433,14 @@ def markdown(report: dict) -> str:
         if key in m:
             r = m[key]
             rows.append(
-                (label, _number(r["value"], 3), f"{r['predictions']} detections / {r['images']} poses")
+                (label, format_value(r["value"], 3), f"{r['predictions']} detections / {r['images']} poses")
             )
     for key, label in (("mpjpe", "MPJPE"), ("mpjpe_hands", "MPJPE hands")):
         if key in m:
             r = m[key]
-            rate = f"detection rate {_number(r['detection_rate'], 3)}"
-            rows.append(
-                (label, _number(r["value"]), f"{rate}, keypoint rate {_number(r['keypoint_rate'], 3)}")
-            )
+            rate = f"detection rate {format_value(r['detection_rate'], 3)}"
+            keypoints = f"keypoint rate {format_value(r['keypoint_rate'], 3)}"
+            rows.append((label, format_value(r["value"]), f"{rate}, {keypoints}"))
     for key, label in (("fid", "FID"), ("fid_fg", "FID fg"), ("kid", "KID"), ("kid_fg", "KID fg")):
         if key not in m:
             continue
@@ -452,11 +448,12 @@ def markdown(report: dict) -> str:
         if "skipped" in r:
             rows.append((label, r["skipped"], ""))
             continue
-        value = (
-            _number(r["value"], 3) if key.startswith("fid") else f"{_number(r['mean'])} ± {_number(r['std'])}"
-        )
+        if key.startswith("fid"):
+            value = format_value(r["value"], 3)
+        else:
+            value = f"{format_value(r['mean'])} ± {format_value(r['std'])}"
         others = ", ".join(
-            f"{d}-d {_number(v if key.startswith('fid') else v['mean'])}" for d, v in r["by_dim"].items()
+            f"{d}-d {format_value(v if key.startswith('fid') else v['mean'])}" for d, v in r["by_dim"].items()
         )
         rows.append(
             (
@@ -467,7 +464,7 @@ def markdown(report: dict) -> str:
         )
     if "clipsim" in m:
         r = m["clipsim"]
-        rows.append(("CLIPSIM", _number(r["clipsim"], 2), f"{r['pairs']} pairs, {r['model']}"))
+        rows.append(("CLIPSIM", format_value(r["clipsim"], 2), f"{r['pairs']} pairs, {r['model']}"))
     lines = [
         "# Evaluation: two-stage method",
         "",
