@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 from twostage_data import toy_pose
 
+from handsynth import files
 from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
@@ -248,3 +250,39 @@ def test_the_command_names_a_missing_hand_generator(tmp_path, capsys):
     command = ["twostage", "generate", "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
     assert main([*command, "--prompt", PROMPT, "--device", "cpu"]) == 2
     assert "no hand generator at" in capsys.readouterr().err
+
+
+def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_poses(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from handsynth.evaluation import evaluate_twostage as ets
+    from handsynth.twostage import ablation
+
+    loads, scored = [], {}
+
+    def fake_generate(config, jobs, out_dir, pipe=None, load=None, progress=True, blending=""):
+        if blending != "sequential":  # the sequential images are already made
+            load()
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        PILImage.new("RGB", (8, 8)).save(out_dir / "images" / "p0.png")
+        if not (out_dir / "records.jsonl").is_file():
+            files.write_jsonl(out_dir / "records.jsonl", [{"key": "p0", "image": "images/p0.png"}])
+        return [{"key": "p0", "image": "images/p0.png"}]
+
+    def fake_evaluate(config, records, real, out, detector, segmenter=None, wanted=(), split="test"):
+        scored[os.path.basename(os.path.dirname(out))] = [r["key"] for r in records]
+        result = {"value": 1.0, "feature_dim": 192, "detection_rate": 1.0}
+        return {"metrics": {"fid": result, "dap": result, "mpjpe": result}}
+
+    monkeypatch.setattr(ablation, "load_pipeline", lambda config: loads.append(1) or "pipe")
+    monkeypatch.setattr(ablation, "generate_twostage", fake_generate)
+    monkeypatch.setattr(ets, "evaluate_twostage", fake_evaluate)
+    made = tmp_path / "samples"  # the run's own generation, with a pose the ablation does not ask for
+    files.write_jsonl(made / "records.jsonl", [{"key": k, "image": f"images/{k}.png"} for k in ("p0", "p9")])
+    jobs = [object()]
+    table = ablation.run_blending_ablation(
+        Config(), jobs, tmp_path, tmp_path / "ablation", progress=False, made={"sequential": made}
+    )
+    assert loads == [1]  # naive and bbox share one load; sequential needs none
+    assert [row["samples"] for row in table["rows"]] == ["../samples", "naive/samples", "bbox/samples"]
+    assert scored == {"sequential": ["p0"], "naive": ["p0"], "bbox": ["p0"]}

@@ -534,13 +534,18 @@ def evaluate_samples(
     real_manifest: str | os.PathLike,
     out: str | os.PathLike,
     wanted: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict:
-    """`evaluate_twostage` of a generated folder, with MediaPipe Holistic (hands filled from Hands) as
-    the pose detector and `evaluate.fg_masks` for the person masks."""
+    """`evaluate_twostage` of a generated folder (of its poses in `keys` only, when given), with
+    MediaPipe Holistic (hands filled from Hands) as the pose detector and `evaluate.fg_masks` for the
+    person masks."""
     from handsynth.perception.pose import PoseDetector
 
     wanted = list(wanted or config.evaluate.twostage_metrics)
     records = read_samples(samples_dir)
+    if keys is not None:
+        chosen = set(keys)
+        records = [r for r in records if r["key"] in chosen]
     need_masks = bool({"fid_fg", "kid_fg"} & set(wanted))
     with PoseDetector(segmentation=need_masks and config.evaluate.fg_masks == "holistic") as detector:
         segmenter = None

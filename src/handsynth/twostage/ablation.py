@@ -7,6 +7,7 @@ table), and `comparison.png` (one row per pose, one column per mode).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -106,7 +107,7 @@ def run_blending_ablation(
             config.outpaint.steps, config.outpaint.unmasked_steps, masked,
         )  # fmt: skip
     out = Path(out)
-    pipe = pipe or load_pipeline(config)
+    load = functools.cache(functools.partial(load_pipeline, config))  # once, and only if there is work
     made = made or {}
     rows, records, samples = [], {}, {}
     for mode in modes:
@@ -114,9 +115,13 @@ def run_blending_ablation(
         samples[mode] = Path(made.get(mode, out / mode / "samples"))
         # on a folder in `made` this only checks that every job is there with these settings
         records[mode] = generate_twostage(
-            config, jobs, samples[mode], pipe=pipe, progress=progress, blending=mode
+            config, jobs, samples[mode], pipe=pipe, load=load, progress=progress, blending=mode
         )
-        report = evaluate_samples(config, samples[mode], real_manifest, out / mode / "eval", ABLATION_METRICS)
+        # the jobs' images only: a folder in `made` may hold other poses too
+        keys = [r["key"] for r in records[mode]]
+        report = evaluate_samples(
+            config, samples[mode], real_manifest, out / mode / "eval", ABLATION_METRICS, keys
+        )
         rows.append({**ablation_row(mode, report), "samples": os.path.relpath(samples[mode], out)})
     table = {"poses": len(jobs), "seed": config.run.seed, "metrics": list(ABLATION_METRICS), "rows": rows}
     files.write_json(out / "ablation.json", table)

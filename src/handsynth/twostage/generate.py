@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,11 +171,13 @@ def generate_twostage(
     out_dir: str | Path,
     pipe: Any = None,
     progress: bool = True,
+    load: Callable[[], Any] | None = None,
     **outpaint_settings: Any,
 ) -> list[dict]:
     """Make one image per pose job into `out_dir`; return every record (in job order).
 
-    `pipe`: a loaded TwoStagePipeline (else it is loaded from the config). Job n uses seed
+    `pipe`: a loaded TwoStagePipeline, else `load()` makes one when there is an image to make (by
+    default `load_pipeline(config)`). Job n uses seed
     `run.seed + n`, so any image can be made again alone. A pose already made with other settings in
     `out_dir` is an error, not an overwrite. Stage 2 runs with `[outpaint]`, overridden by
     `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
@@ -211,7 +214,7 @@ def generate_twostage(
     todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
     for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
         if pipe is None:
-            pipe = load_pipeline(config)
+            pipe = load() if load else load_pipeline(config)
         result = pipe(
             job.prompt,
             job.keypoints,
