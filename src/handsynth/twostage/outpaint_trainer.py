@@ -197,7 +197,6 @@ class OutpaintTrainer(Trainer):
         super().__init__(config, accelerator, work, plan, total_steps, name="outpaint")
         settings, device = self.config.outpaint, self.device
         self.items = items
-        self.models = models
         self.noise_scheduler = models.noise_scheduler
         self.tokenizer = models.tokenizer
         self.resolution = models.resolution
@@ -215,7 +214,6 @@ class OutpaintTrainer(Trainer):
         self.lora = add_lora(controlnet, settings.lora_rank, settings.lora_alpha)
         cast_training_params(controlnet, dtype=torch.float32)  # fp32 LoRA weights under mixed precision
         controlnet = ready_for_training(controlnet, device, grad_checkpointing)
-        self.controlnet_plain = controlnet
         optimizer = self.make_optimizer(list(self.lora.values()), settings.lr)
         self.controlnet, self.optimizer = accelerator.prepare(controlnet, optimizer)
 
@@ -281,8 +279,8 @@ class OutpaintTrainer(Trainer):
         paint = mask_input(np.stack([latent_mask(m, self.vae_scale) for m in masks])).to(device)
         masked_latents = None
         if self.unet.config.in_channels == 9:  # a plain UNet sees the mask only through the loss
-            canvases = pixels(np.stack([e.canvas for e in examples]))
-            masked_latents = encode_mean(self.vae, masked_pixels(canvases, masks)).float()
+            # the canvas's hand pixels are the image's: the masked canvas is the masked image
+            masked_latents = encode_mean(self.vae, masked_pixels(images, masks)).float()
         condition = condition_pixels(np.stack([e.condition for e in examples])).to(device, self.weight_dtype)
         embeddings = encode_text(self.tokenizer, self.text_encoder, [item.caption for item in items])
         timesteps, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
