@@ -13,21 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
 from handsynth import hub
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import double_fuse, load_hand1000
 from handsynth.hub import resolve_device
+from handsynth.training.diffusion import ddim_scheduler
 
 log = logging.getLogger(__name__)
-
-
-def ddim_scheduler(scheduler_config: Any) -> DDIMScheduler:
-    """Hand1000's sampler: DDIM on the base model's noise schedule, with the predicted x0 never clipped
-    to [−1, 1] (a pixel-space setting: SD latents leave that range), whatever the base's config says."""
-    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
 
 
 def resolve_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:

@@ -55,6 +55,7 @@ from handsynth.hand1000.fusion import (
 )
 from handsynth.training.diffusion import (
     BaseModels,
+    ddim_scheduler,
     diffusion_loss,
     encode_images,
     encode_text,
@@ -340,8 +341,6 @@ class Hand1000Trainer(Trainer):
             return None
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import make_image_grid
-
-        from handsynth.hand1000.pipeline import ddim_scheduler
 
         gen = self.config.generate
         pipe = StableDiffusionPipeline(

@@ -132,3 +132,11 @@ def ready_for_training(model: Any, device: torch.device, gradient_checkpointing:
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
+
+
+def ddim_scheduler(scheduler_config: Any) -> Any:
+    """The samplers' scheduler: DDIM on the base model's noise schedule, with the predicted x0 never
+    clipped to [−1, 1] (a pixel-space setting: SD latents leave that range), whatever the base says."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler_config, clip_sample=False)

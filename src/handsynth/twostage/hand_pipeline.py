@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
 from handsynth.hub import execution_device, resolve_device
-from handsynth.training.diffusion import PromptEncoder
+from handsynth.training.diffusion import PromptEncoder, ddim_scheduler
 from handsynth.twostage.hand_model import (
     CONDITION_CHANNELS,
     HEATMAP_CHANNELS,
@@ -146,7 +146,7 @@ class HandGeneratorPipeline:
         settings: dict[str, Any],
     ) -> None:
         self.vae, self.text_encoder, self.tokenizer, self.model = vae, text_encoder, tokenizer, model
-        self.scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+        self.scheduler = ddim_scheduler(scheduler.config)
         self.settings = settings
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale)
@@ -284,7 +284,7 @@ def save_hand_generator(
         pipe = hub.from_pretrained(
             StableDiffusionPipeline, base, unet=unet, safety_checker=None, requires_safety_checker=False
         )
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+        pipe.scheduler = ddim_scheduler(pipe.scheduler.config)
         pipe.save_pretrained(tmp)
         mask_head.save_pretrained(tmp / "mask_head")
         files.write_json(tmp / SETTINGS_FILE, settings)

@@ -22,7 +22,7 @@ import torch
 from handsynth import files, hub
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
-from handsynth.training.diffusion import load_base_models
+from handsynth.training.diffusion import ddim_scheduler, load_base_models
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,9 @@ def load_controlnet(name: str) -> Any:
 
 def load_outpaint_models(base: str = DEFAULT_BASE, controlnet: str = DEFAULT_CONTROLNET) -> OutpaintModels:
     """The base's tokenizer, text encoder, VAE and UNet, the ControlNet, and DDIM (fp32, on the CPU)."""
-    from diffusers import DDIMScheduler
-
     parts = load_base_models(base)
     check_unet(parts.unet, base)
-    scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config, clip_sample=False)
+    scheduler = ddim_scheduler(parts.noise_scheduler.config)
     return OutpaintModels(
         tokenizer=parts.tokenizer,
         text_encoder=parts.text_encoder,

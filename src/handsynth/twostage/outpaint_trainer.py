@@ -38,6 +38,7 @@ from handsynth.files import load_rgb
 from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import (
     BaseModels,
+    ddim_scheduler,
     encode_images,
     encode_text,
     load_base_models,
@@ -250,15 +251,13 @@ class OutpaintTrainer(Trainer):
         return Image.fromarray(np.concatenate(rows, axis=0))
 
     def sampling_models(self) -> OutpaintModels:
-        from diffusers import DDIMScheduler
-
         return OutpaintModels(
             tokenizer=self.tokenizer,
             text_encoder=self.text_encoder,
             vae=self.vae,
             unet=self.unet,
             controlnet=self.acc.unwrap_model(self.controlnet),
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=False),
+            scheduler=ddim_scheduler(self.noise_scheduler.config),
         )
 
     # --- the step
