@@ -183,8 +183,8 @@ class Hand1000Trainer(Trainer):
         self.bar.set_description(f"train {plan['gesture']}")
 
         # Frozen parts in the compute dtype; the UNet keeps fp32 master weights under autocast.
-        self.vae = models.vae.requires_grad_(False).to(device, self.weight_dtype).eval()
-        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.vae = self.frozen(models.vae)
+        self.text_encoder = self.frozen(models.text_encoder)
         unet = ready_for_training(models.unet, device, train.gradient_checkpointing)
         if train.lora_rank > 0:
             from peft import LoraConfig
@@ -396,8 +396,6 @@ class Hand1000Trainer(Trainer):
 
     # --- the result
 
-    # --- the result
-
     def save_model(self, model_dir: Path, meta: dict[str, Any], base: str) -> None:
         """The diffusers pipeline folder with the fine-tuned UNet (LoRA merged), plus `hand1000/`."""
         from diffusers import StableDiffusionPipeline
@@ -428,9 +426,6 @@ class Hand1000Trainer(Trainer):
                 pipe.save_pretrained(tmp)
                 save_hand1000(tmp, self.fusion_plain, self.feature_np, meta)
         self.acc.wait_for_everyone()
-
-
-# ------------------------------------------------------------------------------------ schedules
 
 
 # ------------------------------------------------------------------------------------ schedules

@@ -251,6 +251,10 @@ class Trainer:
         """The dtype of frozen models: the mixed precision on a GPU, fp32 on the CPU."""
         return PRECISIONS[self.config.train.mixed_precision] if self.device.type == "cuda" else torch.float32
 
+    def frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` frozen, in eval mode, in `weight_dtype` on this process's device."""
+        return module.requires_grad_(False).to(self.device, self.weight_dtype).eval()
+
     def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return make_optimizer(params, lr, self.config.train.optimizer)
 

@@ -103,8 +103,8 @@ class HandgenTrainer(Trainer):
         self.latent_size = self.resolution // models.vae_scale
 
         # Frozen parts in the compute dtype; the UNet and mask head keep fp32 master weights.
-        self.vae = models.vae.requires_grad_(False).to(device, self.weight_dtype).eval()
-        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.vae = self.frozen(models.vae)
+        self.text_encoder = self.frozen(models.text_encoder)
         seed = self.config.run.seed
         unet = widen_conv_in(models.unet, generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)

@@ -203,10 +203,10 @@ class OutpaintTrainer(Trainer):
         self.resolution = models.resolution
         self.vae_scale = models.vae_scale
         grad_checkpointing = self.config.train.gradient_checkpointing
-        self.vae = models.vae.requires_grad_(False).to(device, self.weight_dtype).eval()
-        self.text_encoder = models.text_encoder.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.vae = self.frozen(models.vae)
+        self.text_encoder = self.frozen(models.text_encoder)
         # The UNet is frozen but the loss flows back through it to the ControlNet's residuals.
-        self.unet = models.unet.requires_grad_(False).to(device, self.weight_dtype).eval()
+        self.unet = self.frozen(models.unet)
         if grad_checkpointing:
             self.unet.enable_gradient_checkpointing()
         from diffusers.training_utils import cast_training_params
