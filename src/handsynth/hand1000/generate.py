@@ -73,7 +73,7 @@ def _check_settings(config: Config) -> None:
         if getattr(g, name) < 1:
             raise HandsynthError(f"generate.{name} must be at least 1, got {getattr(g, name)}")
     for side in (g.height, g.width):
-        if side % 8 or 0 < side < 8 or side < 0:
+        if side < 0 or side % 8:
             raise HandsynthError(
                 f"image size must be a positive multiple of 8 (or 0: the model's), got {g.height}x{g.width}"
             )
