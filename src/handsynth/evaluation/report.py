@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,15 @@ def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _src(out: Path, path: Path) -> str:
+    """`path` as the page at `out` links it: relative, also for a folder outside the run (pose.output_dir)."""
+    return html.escape(Path(os.path.relpath(path, out)).as_posix())
+
+
 def _image(out: Path, path: Path, alt: str) -> str:
     if not path.is_file():
         return f'<p class="note">{html.escape(alt)}: not produced</p>'
-    return f'<p><img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}"></p>'
+    return f'<p><img src="{_src(out, path)}" alt="{html.escape(alt)}"></p>'
 
 
 def plot_losses(out: Path, runs: list[str], name: str = "loss.png") -> Path | None:
@@ -207,25 +213,25 @@ WALKTHROUGH = [
 def _figure(out: Path, path: Path, caption: str) -> str:
     if not path.is_file():
         return ""
-    src = html.escape(path.relative_to(out).as_posix())
+    alt = html.escape(caption)
     return (
-        f'<figure style="display:inline-block;margin:4px"><img src="{src}" alt="{html.escape(caption)}" '
-        f'style="height:160px"><figcaption class="note">{html.escape(caption)}</figcaption></figure>'
+        f'<figure style="display:inline-block;margin:4px"><img src="{_src(out, path)}" alt="{alt}" '
+        f'style="height:160px"><figcaption class="note">{alt}</figcaption></figure>'
     )
 
 
-def _twostage_section(out: Path) -> str:
+def _twostage_section(out: Path, data_dir: Path) -> str:
     from handsynth.evaluation.evaluate_twostage import headline
 
     root, parts = out / "twostage", []
-    data = _read_json(out / "twostage-data" / "report.json")
+    data = _read_json(data_dir / "report.json")
     if data:
         counts = data.get("counts") or {}
         parts.append("<h3>Data</h3>")
         parts.append(
             _table(["what", "count"], [[k, v] for k, v in counts.items() if not isinstance(v, dict)])
         )
-        parts.append(_image(out, out / "twostage-data" / "contact_sheet.png", "two-stage data contact sheet"))
+        parts.append(_image(out, data_dir / "contact_sheet.png", "two-stage data contact sheet"))
     records = files.read_jsonl(root / "samples" / "records.jsonl") if (root / "samples").is_dir() else []
     if records:
         first = root / "samples" / records[0]["intermediates"]
@@ -283,6 +289,7 @@ def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
     config = tomllib.loads(config_text) if config_text else {}
     methods = config.get("run", {}).get("methods", ["hand1000"])
     gestures = config["data"]["gestures"] if config and "hand1000" in methods else []
+    data_dir = Path(config.get("pose", {}).get("output_dir") or out / "twostage-data")
     timings = []
     for name, title in steps:
         marker = _read_json(out / "steps" / f"{name}.json")
@@ -312,7 +319,10 @@ def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
             ],  # fmt: skip
         ]
     if "twostage" in methods:
-        body += ["<h2>Two-stage pose-conditioned generation (Pelykh et al.)</h2>", _twostage_section(out)]
+        body += [
+            "<h2>Two-stage pose-conditioned generation (Pelykh et al.)</h2>",
+            _twostage_section(out, data_dir),
+        ]
     body += [
         "<h2>Steps</h2>",
         _table(["step", "seconds"], timings, "steps"),

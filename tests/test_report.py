@@ -1,0 +1,22 @@
+"""The run's report page, on a hand-made run folder."""
+
+from __future__ import annotations
+
+import re
+
+from PIL import Image
+
+from handsynth import files
+from handsynth.evaluation.report import write_run_report
+
+
+def test_the_two_stage_data_section_follows_pose_output_dir_outside_the_run(tmp_path):
+    run, data = tmp_path / "run", tmp_path / "shared-data"
+    files.write_text(run / "config.toml", f'[run]\nmethods = ["twostage"]\n\n[pose]\noutput_dir = "{data}"\n')
+    files.write_json(data / "report.json", {"counts": {"selected": 7, "done": 6}})
+    Image.new("RGB", (4, 4)).save(data / "contact_sheet.png")
+    page = write_run_report(run, [])
+    text = page.read_text()
+    assert "<td>selected</td>" in text and ">7<" in text
+    (src,) = re.findall(r'<img src="([^"]+)" alt="two-stage data contact sheet"', text)
+    assert (page.parent / src).resolve() == (data / "contact_sheet.png").resolve()
