@@ -242,6 +242,14 @@ def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypa
     assert kept == ["p1", "p0"]
 
 
+def test_a_photo_without_a_person_is_named(tmp_path):
+    from handsynth.twostage.generate import pose_from_photo
+
+    Image.new("RGB", (96, 96), (200, 200, 200)).save(tmp_path / "wall.png")
+    with pytest.raises(HandsynthError, match=r"no person found in .*wall.png"):
+        pose_from_photo(tmp_path / "wall.png", SIZE, PROMPT)
+
+
 def test_the_command_names_a_missing_hand_generator(tmp_path, capsys):
     pose = toy_pose(SIZE)
     (tmp_path / "poses.jsonl").write_text(

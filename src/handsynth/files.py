@@ -115,6 +115,13 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """`arrays` as one compressed .npz, written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
 def save_image(path: str | os.PathLike, image, **kwargs) -> None:
     """Save a PIL image atomically, in the format the suffix names."""
     path = Path(path)

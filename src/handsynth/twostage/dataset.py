@@ -24,7 +24,6 @@ Steps, each skipping finished work on a re-run:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -205,12 +204,6 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
     files.save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
 
 
-def _save_heatmaps(path: Path, heatmaps: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, heatmaps=heatmaps)
-    files.write_bytes(path, buffer.getvalue())
-
-
 def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses: PoseRun, masker_for) -> dict:
     """Masks, square image and crops of one image, written under `out`; its progress entry.
 
@@ -296,7 +289,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     for i, crop in enumerate(crops):
         files.save_image(out / item.path("crops", i), crop.image)
         _save_mask(out / item.path("crop_masks", i), crop.mask)
-        _save_heatmaps(out / item.path("heatmaps", i, ".npz"), crop.heatmaps)
+        files.write_npz(out / item.path("heatmaps", i, ".npz"), heatmaps=crop.heatmaps)
         hand_rows.append({
             "key": f"{item.key}-{i}",
             "source": item.key,

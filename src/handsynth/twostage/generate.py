@@ -18,7 +18,6 @@ an error naming them (choose another --out), never overwritten.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,17 +110,12 @@ def pose_from_photo(photo: str | Path, size: int, prompt: str) -> PoseJob:
     if not prompt:
         raise HandsynthError("--pose-image needs --prompt: the text of the image to make")
     rgb = load_rgb(photo)
-    body = PoseDetector().detect(rgb)
-    if body.keypoints is None:
+    with PoseDetector() as detector:
+        body = detector.detect(rgb)
+    if not body.found:
         raise HandsynthError(f"no person found in {photo}; try a photo where the body is visible")
     height, width = rgb.shape[:2]
     return PoseJob(Path(photo).stem, prompt, fit_pose(body.keypoints, width, height, size), str(photo))
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    files.write_bytes(path, buffer.getvalue())
 
 
 def save_intermediates(folder: Path, result: Any) -> None:
@@ -132,7 +126,7 @@ def save_intermediates(folder: Path, result: Any) -> None:
     files.save_image(folder / "canvas.png", Image.fromarray(result.canvas.image))
     files.save_image(folder / "canvas-mask.png", Image.fromarray(np.uint8(result.canvas.mask) * 255))
     files.save_image(folder / "condition.png", Image.fromarray(result.condition))
-    _save_npz(folder / "blend-masks.npz", masks=np.stack(result.outpaint.blend_masks))
+    files.write_npz(folder / "blend-masks.npz", masks=np.stack(result.outpaint.blend_masks))
     files.save_image(folder / "strip.png", Image.fromarray(result.outpaint.strip()))
 
 
