@@ -109,6 +109,14 @@ def append_jsonl(path: str | os.PathLike, *records: dict) -> None:
         os.fsync(f.fileno())
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Every image under `folder`, by its suffix, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array)

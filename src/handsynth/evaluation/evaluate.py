@@ -35,12 +35,7 @@ log = logging.getLogger(__name__)
 
 ALL_METRICS = ("fid", "kid", "fid_h", "kid_h", "hand_conf", "clipsim", "gesture_accuracy")
 INCEPTION_METRICS = {"fid", "kid", "fid_h", "kid_h"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 GRID_CELL = 160
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def real_images(source: str | Path, gesture: str | None = None) -> list[Path]:
@@ -53,7 +48,7 @@ def real_images(source: str | Path, gesture: str | None = None) -> list[Path]:
             records = [r for r in records if r.get("gesture") == gesture]
         paths = [manifest.parent / r["image"] for r in records if r.get("image")]
     elif source.is_dir():
-        paths = list_images(source)
+        paths = files.image_files(source)
     else:
         raise HandsynthError(f"real images not found: {source} is neither a dataset folder nor a folder")
     if not paths:
@@ -98,7 +93,7 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
             prompts += [str(r.get("prompt", "")) for r in kept]
     elif source.is_dir():
         images = source / "images"
-        paths, prompts = list_images(images if images.is_dir() else source), None
+        paths, prompts = files.image_files(images if images.is_dir() else source), None
     else:
         raise HandsynthError(f"generated images not found: {source}")
     if not paths:

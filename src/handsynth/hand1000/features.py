@@ -34,7 +34,6 @@ from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, detect_in_wo
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 IN_PROCESS_JOBS = 4  # at most this many detections: run them here rather than start workers
 CACHE_FLUSH_SECONDS = 2.0  # new cache entries go to disk at least this often
 
@@ -76,10 +75,11 @@ def list_images(source: Path, gesture: str | None, split: str = "train") -> tupl
         if not items:
             raise HandsynthError(f"{manifest} has no '{gesture}' images; check the gesture name")
         return items, gesture
-    paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = files.image_files(source)
     if not paths:
         raise HandsynthError(
-            f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no {split}.jsonl manifest"
+            f"{source} holds no images ({', '.join(sorted(files.IMAGE_SUFFIXES))}) and no {split}.jsonl "
+            "manifest"
         )
     items = [ImageItem(key=p.relative_to(source).with_suffix("").as_posix(), path=p) for p in paths]
     return items, gesture or source.name

@@ -30,7 +30,6 @@ from handsynth.files import load_rgb
 from handsynth.perception.hands import detect_in_workers, worker_context
 from handsynth.perception.pose import HOLISTIC_COMPLEXITY, SIDES, PoseDetector
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 IN_PROCESS_JOBS = 2  # at most this many detections: run them here rather than start workers
 CACHE_FLUSH_SECONDS = 2.0
 
@@ -157,9 +156,9 @@ def _run_jobs(jobs, workers: int, context, person_dir: str | None, progress: boo
 def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise HandsynthError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = files.image_files(folder)
     if not paths:
-        raise HandsynthError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise HandsynthError(f"{folder} holds no images ({', '.join(sorted(files.IMAGE_SUFFIXES))})")
     return paths
 
 
