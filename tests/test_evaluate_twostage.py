@@ -358,3 +358,8 @@ def test_person_masks_come_from_holistic_or_from_sam_prompted_with_its_body(hagr
             PersonMasks(detector, "grabcut")
         with pytest.raises(HandsynthError, match='fg_masks = "sam" needs pose.sam_model'):
             PersonMasks(detector, "sam", "")
+
+
+def test_the_config_asks_every_two_stage_metric_by_default():
+    # config.py cannot import the evaluation (it imports config), so its default list is checked here
+    assert Config().evaluate.twostage_metrics == list(ets.TWOSTAGE_METRICS)

@@ -39,7 +39,18 @@ from handsynth.perception.wholebody import check_pose
 
 log = logging.getLogger(__name__)
 
-TWOSTAGE_METRICS = ("dap", "dap_hands", "mpjpe", "mpjpe_hands", "fid", "kid", "fid_fg", "kid_fg", "clipsim")
+METRIC_LABELS = {  # the report's keys, in its order, with the headers tables show them under
+    "dap": "DAP ↑",
+    "dap_hands": "DAP hands ↑",
+    "mpjpe": "MPJPE ↓",
+    "mpjpe_hands": "MPJPE hands ↓",
+    "fid": "FID ↓",
+    "kid": "KID ↓",
+    "fid_fg": "FID fg ↓",
+    "kid_fg": "KID fg ↓",
+    "clipsim": "CLIPSIM ↑",
+}
+TWOSTAGE_METRICS = tuple(METRIC_LABELS)
 POSE_METRICS = {"dap", "dap_hands", "mpjpe", "mpjpe_hands"}
 BACKGROUND = (0, 0, 0)
 GRID_CELL = 160  # px per sample in samples.png, as Hand1000's evaluation grid

@@ -190,17 +190,6 @@ def _metrics_section(out: Path, gestures: list[str]) -> str:
     return table + note + "\n".join(grids)
 
 
-TWOSTAGE_COLUMNS = [
-    ("dap", "DAP ↑"),
-    ("dap_hands", "DAP hands ↑"),
-    ("mpjpe", "MPJPE ↓"),
-    ("mpjpe_hands", "MPJPE hands ↓"),
-    ("fid", "FID ↓"),
-    ("kid", "KID ↓"),
-    ("fid_fg", "FID fg ↓"),
-    ("kid_fg", "KID fg ↓"),
-    ("clipsim", "CLIPSIM ↑"),
-]
 WALKTHROUGH = [
     ("condition.png", "pose (OpenPose condition)"),
     ("hand-0.png", "stage 1: hand"),
@@ -221,7 +210,7 @@ def _figure(out: Path, path: Path, caption: str) -> str:
 
 
 def _twostage_section(out: Path, data_dir: Path) -> str:
-    from handsynth.evaluation.evaluate_twostage import headline
+    from handsynth.evaluation.evaluate_twostage import METRIC_LABELS, headline
 
     root, parts = out / "twostage", []
     data = _read_json(data_dir / "report.json")
@@ -247,7 +236,7 @@ def _twostage_section(out: Path, data_dir: Path) -> str:
     if report:
         values = headline(report)
         parts.append("<h3>Metrics</h3>")
-        columns = [(k, label) for k, label in TWOSTAGE_COLUMNS if k in values]
+        columns = [(k, label) for k, label in METRIC_LABELS.items() if k in values]
         parts.append(
             _table([label for _, label in columns], [[values[k] for k, _ in columns]], "twostage-metrics")
         )
