@@ -27,6 +27,7 @@ from handsynth import files
 from handsynth.config import Config, add_config_arguments, config_from_args, save_config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
+from handsynth.training.diffusion import vae_scale
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def image_size(config: Config, model_folder: str | Path) -> tuple[int, int]:
     if not trained:
         unet = json.loads((Path(model_folder) / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((Path(model_folder) / "vae" / "config.json").read_text(encoding="utf-8"))
-        trained = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+        trained = unet["sample_size"] * vae_scale(vae)
     return g.height or int(trained), g.width or int(trained)
 
 

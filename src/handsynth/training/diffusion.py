@@ -13,6 +13,11 @@ from handsynth import hub
 from handsynth.errors import HandsynthError
 
 
+def vae_scale(vae_config: Any) -> int:
+    """Image pixels per latent pixel of a VAE (8 for SD), from its config (a dict, as diffusers' are)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 @dataclass
 class BaseModels:
     tokenizer: Any
@@ -24,7 +29,7 @@ class BaseModels:
     @property
     def vae_scale(self) -> int:
         """Pixels per latent pixel: 8 for SD, 2 for the tiny models."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale(self.vae.config)
 
     @property
     def resolution(self) -> int:

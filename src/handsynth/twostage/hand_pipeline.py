@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
 from handsynth.hub import execution_device, resolve_device
-from handsynth.training.diffusion import PromptEncoder, ddim_scheduler
+from handsynth.training.diffusion import PromptEncoder, ddim_scheduler, vae_scale
 from handsynth.twostage.hand_model import (
     CONDITION_CHANNELS,
     HEATMAP_CHANNELS,
@@ -148,7 +148,7 @@ class HandGeneratorPipeline:
         self.vae, self.text_encoder, self.tokenizer, self.model = vae, text_encoder, tokenizer, model
         self.scheduler = ddim_scheduler(scheduler.config)
         self.settings = settings
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale = vae_scale(vae.config)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale)
 
     @classmethod

@@ -22,7 +22,7 @@ import torch
 from handsynth import files, hub
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
-from handsynth.training.diffusion import ddim_scheduler, load_base_models
+from handsynth.training.diffusion import ddim_scheduler, load_base_models, vae_scale
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class OutpaintModels:
     @property
     def vae_scale(self) -> int:
         """Pixels per latent pixel: 8 for SD, 2 for the tiny models."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale(self.vae.config)
 
     @property
     def inpainting(self) -> bool:
