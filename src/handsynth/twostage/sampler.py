@@ -134,7 +134,6 @@ def outpaint(
         (1, 4, height // scale, width // scale), generator=generator, device=device, dtype=dtype
     )
     canvas_pixels = pixels(canvas[None])
-    known = encode_mean(models.vae, canvas_pixels)
     hand_latent = latent_mask(canvas_mask, scale)[None]
     hand = torch.from_numpy(hand_latent[None]).to(device, dtype)
     paint_mask = masked_latents = None
@@ -145,6 +144,8 @@ def outpaint(
     control = condition_pixels(condition[None]).to(device, dtype).repeat(copies, 1, 1, 1)
     squares = None if box is None else torch.from_numpy(latent_mask(box, scale)[None, None]).to(device, dtype)
     masks = blend_masks(hand, steps, blending, unmasked_steps, squares)
+    blended = [bool(m.any()) for m in masks]  # once, not a device sync per step
+    known = encode_mean(models.vae, canvas_pixels) if any(blended) else None
 
     scheduler = models.scheduler
     scheduler.set_timesteps(steps, device=device)
@@ -170,7 +171,7 @@ def outpaint(
             prediction = unconditional + guidance * (conditional - unconditional)
         step = scheduler.step(prediction, t, latents, eta=0.0)
         latents = step.prev_sample
-        if masks[i].any():
+        if blended[i]:
             if blend_noise == "noised" and i + 1 < steps:  # x_c at the time the latent is now at
                 target = scheduler.add_noise(known, noise, timesteps[i + 1 : i + 2])
             else:
