@@ -18,9 +18,10 @@ from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
 from handsynth.twostage.canvas import place_hands
+from handsynth.twostage.crops import hand_keypoints
 from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
-from handsynth.twostage.pipeline import TwoStagePipeline, hand_keypoints
+from handsynth.twostage.pipeline import TwoStagePipeline
 
 PROMPT = "a woman in a green coat raising both hands"
 SIZE = 64

@@ -135,16 +135,22 @@ class HandCrop:
     heatmaps: np.ndarray  # (10, size, size) uint8, quantised finger heatmaps
 
 
+def hand_keypoints(pose: np.ndarray, plan: CropPlan, size: int) -> np.ndarray:
+    """(42, 3): the plan's hands in the pixels of its crop drawn at `size`; v = 0 for the other hand."""
+    hands = np.zeros((42, 3), np.float32)
+    for i, side in enumerate(HANDS):
+        if side in plan.sides:
+            hands[21 * i : 21 * (i + 1)] = to_box(pose[HANDS[side]], plan.box, size)
+    return hands
+
+
 def crop_hands(
     image: Image.Image, mask: np.ndarray, keypoints: np.ndarray, size: int, margin: float = CROP_MARGIN
 ) -> list[HandCrop]:
     """The hand crops of one image, given its hand mask and its pose (133, 3) in its pixels."""
     crops = []
     for plan in plan_crops(keypoints, image.width, image.height, margin):
-        hands = np.zeros((42, 3), np.float32)
-        for i, side in enumerate(HANDS):
-            if side in plan.sides:
-                hands[21 * i : 21 * (i + 1)] = to_box(keypoints[HANDS[side]], plan.box, size)
+        hands = hand_keypoints(keypoints, plan, size)
         crops.append(
             HandCrop(
                 plan=plan,

@@ -27,10 +27,10 @@ import torch
 
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
-from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
-from handsynth.twostage.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, plan_crops, to_box
+from handsynth.twostage.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint_models import DEFAULT_BASE, DEFAULT_CONTROLNET
 from handsynth.twostage.outpainter import Outpainter
@@ -65,15 +65,6 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         and torch.equal(x, y)
         for k in first
     )
-
-
-def hand_keypoints(pose: np.ndarray, plan: CropPlan, size: int) -> np.ndarray:
-    """(42, 3): the plan's hands in the pixels of its crop drawn at `size`; v = 0 for the other hand."""
-    hands = np.zeros((42, 3), np.float32)
-    for i, side in enumerate(HANDS):
-        if side in plan.sides:
-            hands[21 * i : 21 * (i + 1)] = to_box(pose[HANDS[side]], plan.box, size)
-    return hands
 
 
 class TwoStagePipeline:
