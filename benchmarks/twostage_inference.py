@@ -254,7 +254,7 @@ def controlnet_run(built: dict, args: argparse.Namespace):
 def synthetic_canvas(size: int):
     """Two skin-coloured discs placed on the pose's hands: stage 2's input without a hand stage."""
     from handsynth.perception.wholebody import HAND_INDICES
-    from handsynth.twostage.canvas import HandCrop, place_hands
+    from handsynth.twostage.canvas import DrawnHand, place_hands
 
     pose = toy_pose(size)
     yy, xx = np.mgrid[:64, :64]
@@ -268,7 +268,7 @@ def synthetic_canvas(size: int):
         keypoints[21 * side : 21 * side + 21] = np.c_[
             (hand[:, :2] - lo) / (hi - lo).max() * 48 + 8, hand[:, 2]
         ]
-        crops.append(HandCrop(image, disc, keypoints))
+        crops.append(DrawnHand(image, disc, keypoints))
     return pose, place_hands(crops, pose, size, size)
 
 

@@ -14,7 +14,7 @@ from handsynth.files import load_rgb
 from handsynth.perception.wholebody import HAND_INDICES, empty_pose
 from handsynth.twostage.canvas import (
     BACKGROUND,
-    HandCrop,
+    DrawnHand,
     canvas_from_mask,
     fit_similarity,
     latent_mask,
@@ -39,7 +39,7 @@ def pose_with_hands(hands: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def real_crop(hagrid_mini) -> HandCrop:
+def real_crop(hagrid_mini) -> DrawnHand:
     """A 256 px square crop of a real HaGRID photo around its annotated hand, the landmarks' hull as
     its mask and the landmarks (right-hand slot) as its keypoints."""
     record = read_hagrid(hagrid_mini, ["call"]).records[0]
@@ -55,7 +55,7 @@ def real_crop(hagrid_mini) -> HandCrop:
     cv2.fillConvexPoly(mask, cv2.convexHull(points.round().astype(np.int32)), 1)
     keypoints = np.zeros((42, 3))
     keypoints[21:] = np.c_[points, np.full(21, 2.0)]
-    return HandCrop(crop, mask.astype(bool), keypoints)
+    return DrawnHand(crop, mask.astype(bool), keypoints)
 
 
 def test_umeyama_recovers_a_known_similarity_exactly():
@@ -123,7 +123,7 @@ def test_two_hands_in_one_crop_move_together_and_separate_crops_move_apart():
     truth = similarity(1.5, 0.2, (60, 30))
     target = both.copy()
     target[:, :2] = apply(truth, both[:, :2])
-    canvas = place_hands([HandCrop(image, mask, both)], pose_with_hands(target), 320, 320)
+    canvas = place_hands([DrawnHand(image, mask, both)], pose_with_hands(target), 320, 320)
     np.testing.assert_allclose(canvas.transforms[0], truth, atol=1e-4)  # float32 pose
 
     left, right = both.copy(), both.copy()
@@ -131,7 +131,7 @@ def test_two_hands_in_one_crop_move_together_and_separate_crops_move_apart():
     right[:21, 2] = 0
     other = similarity(0.5, -1.0, (10, 200))
     target[21:, :2] = apply(other, both[21:, :2])
-    crops = [HandCrop(image, mask, left), HandCrop(image, mask, right)]
+    crops = [DrawnHand(image, mask, left), DrawnHand(image, mask, right)]
     canvas = place_hands(crops, pose_with_hands(target), 320, 320)
     np.testing.assert_allclose(canvas.transforms[0], truth, atol=1e-4)  # float32 pose
     np.testing.assert_allclose(canvas.transforms[1], other, atol=1e-4)  # float32 pose
@@ -143,9 +143,9 @@ def test_bad_crops_get_clear_errors():
     one_point[0] = (10, 10, 2)
     pose = pose_with_hands(np.c_[np.ones((42, 2)), np.full(42, 2.0)])
     with pytest.raises(HandsynthError, match="hand crop 0: only 1 of its keypoints"):
-        place_hands([HandCrop(image, mask, one_point)], pose, 64, 64)
+        place_hands([DrawnHand(image, mask, one_point)], pose, 64, 64)
     with pytest.raises(HandsynthError, match=r"hand crop 0: the image must be \(S, S, 3\)"):
-        place_hands([HandCrop(image, mask[:10], one_point)], pose, 64, 64)
+        place_hands([DrawnHand(image, mask[:10], one_point)], pose, 64, 64)
     with pytest.raises(HandsynthError, match="at least 2 distinct source points"):
         fit_similarity(np.ones((5, 2)), np.zeros((5, 2)))
 

@@ -14,7 +14,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HAND_INDICES
 from handsynth.twostage import sampler
 from handsynth.twostage.blending import blend_masks
-from handsynth.twostage.canvas import Canvas, HandCrop, latent_mask, place_hands
+from handsynth.twostage.canvas import Canvas, DrawnHand, latent_mask, place_hands
 from handsynth.twostage.outpainter import Outpainter
 from handsynth.twostage.sampler import preview_steps
 from handsynth.twostage.skeleton import draw_openpose
@@ -52,7 +52,7 @@ def hand_canvas(pose):
         keypoints[21 * side : 21 * side + 21] = np.c_[
             (hand[:, :2] - lo) / (hi - lo).max() * 24 + 4, hand[:, 2]
         ]
-        crops.append(HandCrop(image, disc, keypoints))
+        crops.append(DrawnHand(image, disc, keypoints))
     return place_hands(crops, pose, SIZE, SIZE)
 
 

@@ -26,7 +26,7 @@ BACKGROUND = 127  # mid-grey: about 0 in the VAE's [-1, 1], the value SD inpaint
 
 
 @dataclass
-class HandCrop:
+class DrawnHand:
     """One generated crop: RGB (S, S, 3) uint8, its hand mask (S, S) in [0, 1] (soft or bool), and the
     (42, 3) keypoints it was generated from, in crop pixels (left hand then right; v = 0 when absent)."""
 
@@ -91,7 +91,7 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def place_hands(
-    crops: list[HandCrop], pose: np.ndarray, width: int, height: int, background: int = BACKGROUND
+    crops: list[DrawnHand], pose: np.ndarray, width: int, height: int, background: int = BACKGROUND
 ) -> Canvas:
     """Fit each crop's keypoints to the pose's hand keypoints and warp its masked hand onto the canvas.
 
@@ -121,7 +121,7 @@ def place_hands(
     return Canvas(image=image, mask=mask, box=box, transforms=transforms)
 
 
-def _checked_crop(crop: HandCrop, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _checked_crop(crop: DrawnHand, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.asarray(crop.image)
     mask = np.asarray(crop.mask, dtype=np.float32)
     keypoints = np.asarray(crop.keypoints, dtype=np.float64)

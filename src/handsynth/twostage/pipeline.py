@@ -29,7 +29,7 @@ from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.canvas import Canvas, HandCrop, place_hands
+from handsynth.twostage.canvas import Canvas, DrawnHand, place_hands
 from handsynth.twostage.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint_models import DEFAULT_BASE, DEFAULT_CONTROLNET
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class TwoStageResult:
     image: np.ndarray  # (H, W, 3) uint8, the final image
     crops: list[CropPlan]  # where each hand crop sits in the image
-    hands: list[HandCrop]  # stage 1: each crop's image, soft mask and crop-pixel keypoints
+    hands: list[DrawnHand]  # stage 1: each crop's image, soft mask and crop-pixel keypoints
     hand_masks: list[np.ndarray]  # stage 1's thresholded masks, what cut the hands out
     canvas: Canvas
     outpaint: OutpaintResult  # stage 2, with the condition image, blend masks and previews
@@ -179,11 +179,11 @@ class TwoStagePipeline:
         )
         self._offload("hand")
         hands = [
-            HandCrop(image=np.asarray(image), mask=soft, keypoints=points)
+            DrawnHand(image=np.asarray(image), mask=soft, keypoints=points)
             for image, soft, points in zip(drawn.images, drawn.masks, keypoints, strict=True)
         ]
         cut = [
-            HandCrop(h.image, binary, h.keypoints)
+            DrawnHand(h.image, binary, h.keypoints)
             for h, binary in zip(hands, drawn.masks_binary, strict=True)
         ]
         background = outpaint_settings.get("background", self.outpainter.settings.background)
