@@ -149,16 +149,11 @@ def check_records(records: Sequence[dict]) -> list[dict]:
 
 
 def real_image_paths(manifest: str | os.PathLike, split: str = "test") -> list[Path]:
-    """The images of `split` in a two-stage `images.jsonl`, as paths."""
-    manifest = Path(manifest)
-    if manifest.is_dir():
-        manifest = manifest / "images.jsonl"
-    if not manifest.is_file():
-        raise HandsynthError(f"real images: {manifest} not found; run `handsynth pose build` first")
-    paths = [manifest.parent / r["image"] for r in files.read_jsonl(manifest) if r.get("split") == split]
-    if not paths:
-        raise HandsynthError(f"real images: no '{split}' rows in {manifest}")
-    return paths
+    """The images of `split` in a two-stage `images.jsonl` (or its folder), as paths."""
+    from handsynth.twostage.dataset import read_image_rows
+
+    manifest, rows = read_image_rows(manifest, split)
+    return [manifest.parent / row["image"] for row in rows]
 
 
 def _detected(output: Any, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:

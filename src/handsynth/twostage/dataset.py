@@ -97,6 +97,21 @@ def default_output_dir(config: Config) -> Path:
     return Path(config.pose.output_dir or Path(config.run.output_dir) / "twostage-data")
 
 
+def read_image_rows(data: str | Path, split: str) -> tuple[Path, list[dict]]:
+    """(the manifest, its `split` rows) of a two-stage dataset: its folder or its images.jsonl."""
+    manifest = Path(data)
+    if manifest.is_dir():
+        manifest = manifest / "images.jsonl"
+    if not manifest.is_file():
+        raise HandsynthError(
+            f"no image manifest at {manifest}; build the two-stage dataset with `handsynth pose build`"
+        )
+    rows = [row for row in files.read_jsonl(manifest) if row.get("split") == split]
+    if not rows:
+        raise HandsynthError(f"{manifest} has no '{split}' rows")
+    return manifest, rows
+
+
 def shard_dir(base: Path, shard: tuple[int, int]) -> Path:
     return base if shard[1] == 1 else base / f"shard-{shard[0]}-of-{shard[1]}"
 

@@ -31,7 +31,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from handsynth import files
 from handsynth.config import Config, add_config_arguments, config_from_args
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
@@ -55,7 +54,7 @@ from handsynth.training.trainer import (
 )
 from handsynth.twostage.blending import check_blend_settings
 from handsynth.twostage.canvas import canvas_from_mask, latent_mask
-from handsynth.twostage.dataset import default_output_dir
+from handsynth.twostage.dataset import default_output_dir, read_image_rows
 from handsynth.twostage.outpaint_models import (
     LORA_TARGETS,
     OutpaintModels,
@@ -98,16 +97,9 @@ def read_outpaint_items(
     """The `split` rows of `<data_dir>/images.jsonl` whose image and hand mask decode; bad rows are
     skipped, counted and named in a warning."""
     data_dir = Path(data_dir)
-    manifest = data_dir / "images.jsonl"
-    if not manifest.is_file():
-        raise HandsynthError(
-            f"no image manifest at {manifest}; build the two-stage dataset with `handsynth pose build`"
-        )
-    rows = [row for row in files.read_jsonl(manifest) if row.get("split") == split]
+    manifest, rows = read_image_rows(data_dir, split)
     if max_images > 0:
         rows = rows[:max_images]
-    if not rows:
-        raise HandsynthError(f"{manifest} has no '{split}' rows")
     items, bad = [], []
     for row in tqdm(rows, desc="check images", leave=False):
         key = str(row.get("key"))
