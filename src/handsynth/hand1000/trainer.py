@@ -308,11 +308,11 @@ class Hand1000Trainer(Trainer):
             losses = diffusion_loss(
                 self.unet_plain, self.noise_scheduler, self.latents, self.embeddings(), t, noise
             )
-        value = self.check_loss(losses, "Stage II (embedding)", self.keys, "train.embedding_lr")
-        self.acc.backward(losses.sum())  # a sum, so each row of d gets the gradient it would get alone
-        self.embedding_optimizer.step()
-        self.embedding_optimizer.zero_grad(set_to_none=True)
-        return self.record("embedding", value, self.keys)
+        # a sum, so each row of d gets the gradient it would get alone
+        return self.optimise(
+            losses, self.embedding_optimizer, "embedding", "Stage II (embedding)", self.keys,
+            "train.embedding_lr", total=losses.sum(),
+        )  # fmt: skip
 
     def unet_step(
         self, latents: torch.Tensor, d: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, keys: list[str]
@@ -322,11 +322,7 @@ class Hand1000Trainer(Trainer):
         self.keys = keys
         with self.acc.autocast():
             losses = diffusion_loss(self.unet, self.noise_scheduler, latents, d, t, noise)
-        value = self.check_loss(losses, "Stage III (UNet)", keys, "train.unet_lr")
-        self.acc.backward(losses.mean())
-        self.unet_optimizer.step()
-        self.unet_optimizer.zero_grad(set_to_none=True)
-        return self.record("unet", value, keys)
+        return self.optimise(losses, self.unet_optimizer, "unet", "Stage III (UNet)", keys, "train.unet_lr")
 
     def _set_unet_trainable(self, flag: bool) -> None:
         # Stage II back-propagates through the UNet to d only; frozen weights skip their gradients.

@@ -331,6 +331,25 @@ class Trainer:
             'or train.mixed_precision = "no"; then run again (with --resume to continue from the checkpoint).'
         )
 
+    def optimise(
+        self,
+        losses: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        stage: str,
+        what: str,
+        keys: list[str],
+        lr_key: str,
+        total: torch.Tensor | None = None,
+        **terms: float,
+    ) -> float:
+        """One optimiser step on per-item `losses`: the NaN/inf check (`what`, `lr_key`: see
+        `check_loss`), backward of their mean (or of `total`), the step, and the step's log row."""
+        value = self.check_loss(losses, what, keys, lr_key)
+        self.acc.backward(losses.mean() if total is None else total)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return self.record(stage, value, keys, **terms)
+
     def record(self, stage: str, loss: float, keys: list[str], **terms: float) -> float:
         """Count the step and log it: loss.jsonl, TensorBoard, the progress bar. `terms`: the parts of
         a loss made of several, logged beside it."""

@@ -180,11 +180,9 @@ class HandgenTrainer(Trainer):
         embeddings = encode_text(self.tokenizer, self.text_encoder, batch.captions)
         t, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
         losses, ldm, mask = self.losses(latents, embeddings, t, noise, conditions, batch.masks)
-        value = self.check_loss(losses, "hand generator", batch.keys, "handgen.lr")
-        self.acc.backward(losses.mean())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return self.record("handgen", value, batch.keys, ldm=self._mean(ldm), mask=self._mean(mask))
+        terms = {"ldm": self._mean(ldm), "mask": self._mean(mask)}
+        keys = batch.keys
+        return self.optimise(losses, self.optimizer, "handgen", "hand generator", keys, "handgen.lr", **terms)
 
     def _mean(self, values: torch.Tensor) -> float:
         return self.acc.gather(values.detach().float().mean().reshape(1)).mean().item()

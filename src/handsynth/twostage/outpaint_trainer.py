@@ -290,11 +290,7 @@ class OutpaintTrainer(Trainer):
             )
         target = noise_target(self.noise_scheduler, latents, noise, timesteps)
         losses = masked_mse(prediction, target, paint)
-        value = self.check_loss(losses, "outpaint", keys, "outpaint.lr")
-        self.acc.backward(losses.mean())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return self.record("outpaint", value, keys)
+        return self.optimise(losses, self.optimizer, "outpaint", "outpaint", keys, "outpaint.lr")
 
     def save_lora(self, folder: Path, meta: dict[str, Any]) -> None:
         self.acc.wait_for_everyone()
