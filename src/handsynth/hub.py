@@ -1,5 +1,5 @@
 """Loading pretrained weights by hub id or local folder, with an error that says what to do offline,
-and choosing the device they run on."""
+and choosing the device and dtype they run in."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ def from_pretrained(cls: Any, name_or_path: str, config_key: str = "", **kwargs:
             f"  {hint}. To use a local copy, set {config_key or 'the config key'} to its folder "
             "(a folder written by save_pretrained)."
         ) from None
+
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_dtype(
+    dtype: torch.dtype | str | None, device: torch.device, gpu_default: torch.dtype = torch.float16
+) -> torch.dtype:
+    """None or "auto": `gpu_default` on CUDA, fp32 elsewhere; a dtype or its name as it is."""
+    if dtype is None or dtype == "auto":
+        return gpu_default if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise HandsynthError(f"unknown dtype '{dtype}'; use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -42,18 +42,11 @@ LLAVA_PROMPT = (
 )
 LLAVA_CHAT = f"USER: <image>\n{LLAVA_PROMPT} ASSISTANT:"  # LLaVA-1.5's conversation format
 LLAVA_MAX_NEW_TOKENS = 60  # one sentence; SD's text encoder reads 77 tokens at most
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def resolve_dtype(dtype: str, device: torch.device, kind: str = "") -> torch.dtype:
     """'auto' is fp16 on CUDA (bf16 for PaliGemma, as its reference script loads it) and fp32 on CPU."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if kind == "paligemma" else torch.float16
-    if dtype not in _DTYPES:
-        raise HandsynthError(f"unknown dtype '{dtype}'; use auto or one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return hub.resolve_dtype(dtype, device, torch.bfloat16 if kind == "paligemma" else torch.float16)
 
 
 def clean_caption(text: str) -> str:

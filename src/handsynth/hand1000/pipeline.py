@@ -25,13 +25,6 @@ from handsynth.training.diffusion import ddim_scheduler
 log = logging.getLogger(__name__)
 
 
-def resolve_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:
-    """`None`: fp16 on a GPU (the reference's inference precision), fp32 on the CPU."""
-    if dtype is not None:
-        return dtype
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def warn_long_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
     """Log a warning naming each prompt longer than the tokenizer's context; return those prompts."""
     limit = tokenizer.model_max_length
@@ -74,7 +67,7 @@ class Hand1000Pipeline:
     ) -> Hand1000Pipeline:
         """Load a Hand1000 model folder: the diffusers parts and `hand1000/`, on `device` in `dtype`."""
         device = resolve_device(device)
-        dtype = resolve_dtype(device, dtype)
+        dtype = hub.resolve_dtype(dtype, device)  # None: fp16 on a GPU, the reference's inference precision
         if not (Path(folder) / "model_index.json").is_file():
             raise HandsynthError(
                 f"{folder} is not a model folder (no model_index.json); train one with `handsynth train`"

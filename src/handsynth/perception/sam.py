@@ -33,7 +33,6 @@ from handsynth.perception.wholebody import BODY, FEET, check_pose
 
 DEFAULT_MODEL = "facebook/sam-vit-huge"
 HAND_DILATION = 5  # kernel side of the dilation of hand masks (seed 004 §IV-A)
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -106,17 +105,6 @@ def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """None: fp16 on CUDA, fp32 elsewhere."""
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise HandsynthError(f"unknown dtype '{dtype}'; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
 class SamSegmenter:
     """Masks from a transformers SamModel and SamProcessor, prompted with keypoints."""
 
@@ -142,7 +130,7 @@ class SamSegmenter:
         from transformers import SamImageProcessorPil, SamModel, SamProcessor
 
         torch_device = hub.resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, torch_device)
+        torch_dtype = hub.resolve_dtype(dtype, torch_device)
         try:
             image_processor = hub.from_pretrained(SamImageProcessorPil, name_or_path, config_key=config_key)
             model = hub.from_pretrained(SamModel, name_or_path, dtype=torch_dtype, config_key=config_key)
