@@ -10,7 +10,8 @@ from PIL import Image
 from scipy import ndimage
 
 from handsynth.errors import HandsynthError
-from handsynth.twostage.masks import LandmarkMasker, dilate, landmark_mask, make_masker, read_mask
+from handsynth.perception.sam import dilate_mask
+from handsynth.twostage.masks import LandmarkMasker, landmark_mask, make_masker, read_mask
 
 
 def test_landmark_mask_covers_every_annotated_keypoint_on_the_real_photos(hagrid_mini):
@@ -55,9 +56,9 @@ def test_points_with_v0_are_left_out():
 def test_dilation_is_5x5():
     single = np.zeros((11, 11), bool)
     single[5, 5] = True
-    np.testing.assert_array_equal(np.argwhere(dilate(single)).min(0), (3, 3))
-    np.testing.assert_array_equal(np.argwhere(dilate(single)).max(0), (7, 7))
-    assert dilate(single).sum() == 25
+    np.testing.assert_array_equal(np.argwhere(dilate_mask(single)).min(0), (3, 3))
+    np.testing.assert_array_equal(np.argwhere(dilate_mask(single)).max(0), (7, 7))
+    assert dilate_mask(single).sum() == 25
     # the masker applies it: its masks equal scipy's binary dilation of the drawn mask
     rng = np.random.default_rng(0)
     hand = np.column_stack([rng.uniform(30, 90, (21, 2)), np.full(21, 2.0)])

@@ -99,10 +99,11 @@ def person_prompt(pose: np.ndarray, name: str) -> _Prompt:
     return keypoint_prompt(body, f"{name}: the body", box_from=pose)
 
 
-def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
-    if size <= 1:
-        return mask
-    return cv2.dilate(mask.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+def dilate_mask(mask: np.ndarray, kernel: int = HAND_DILATION) -> np.ndarray:
+    """A bool mask dilated with a square `kernel` × `kernel` structuring element (1 or less: as it is)."""
+    if kernel <= 1:
+        return np.asarray(mask, dtype=bool)
+    return cv2.dilate(mask.astype(np.uint8), np.ones((kernel, kernel), np.uint8)).astype(bool)
 
 
 class SamSegmenter:
@@ -216,7 +217,7 @@ class SamSegmenter:
             masks: list[np.ndarray | None] = [None] * len(job.prompts)
             for indices, inputs in groups:
                 for index, mask in zip(indices, self._decode(embeddings[row : row + 1], inputs), strict=True):
-                    masks[index] = _dilate(mask, job.dilate)
+                    masks[index] = dilate_mask(mask, job.dilate)
             results[i] = masks
         return results
 

@@ -42,10 +42,11 @@ from handsynth.data.gestures import check_gesture
 from handsynth.data.hagrid import HagridRecord, detect_layout, read_hagrid
 from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
+from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.twostage.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.extract import PoseRun, detect_poses, summarize
-from handsynth.twostage.masks import dilate, make_masker, read_mask
+from handsynth.twostage.masks import make_masker, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
 
     start = time.perf_counter()
     if sources[present[0]] == "synthetic":
-        mask, mask_source = dilate(own.mask(record, width, height)), "synthetic"
+        mask, mask_source = dilate_mask(own.mask(record, width, height)), "synthetic"
     else:
         masker = masker_for()
         hand_masks = masker.hand_masks(rgb, [keypoints[HANDS[side]] for side in present])

@@ -17,16 +17,11 @@ import numpy as np
 from PIL import Image
 
 from handsynth.errors import HandsynthError
+from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HAND_EDGES
 
-DILATION = 5  # the paper's 5×5 kernel
 PALM = [0, 1, 2, 5, 9, 13, 17]  # wrist, thumb base and the finger bases: the palm's outline
 FINGER_WIDTH = 0.25  # finger thickness as a share of the palm's longest side (wrist to middle base ~ 1)
-
-
-def dilate(mask: np.ndarray, kernel: int = DILATION) -> np.ndarray:
-    """A bool mask dilated with a square `kernel` × `kernel` structuring element."""
-    return cv2.dilate(mask.astype(np.uint8), np.ones((kernel, kernel), np.uint8)).astype(bool)
 
 
 def _palm_size(hand: np.ndarray) -> float:
@@ -85,7 +80,7 @@ class LandmarkMasker(HandMasker):
     def hand_masks(self, rgb: np.ndarray, hands: list[np.ndarray]) -> list[np.ndarray]:
         self.calls += 1
         height, width = rgb.shape[:2]
-        return [dilate(landmark_mask(hand, height, width)) for hand in hands]
+        return [dilate_mask(landmark_mask(hand, height, width)) for hand in hands]
 
 
 class SamMasker(HandMasker):
