@@ -35,3 +35,18 @@ def test_jsonl_append_survives_a_torn_last_line(tmp_path):
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')  # a kill mid-write
     assert files.read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_a_torn_last_line_is_cut_so_the_next_append_starts_its_own_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    files.append_jsonl(path, {"step": 1})
+    with open(path, "a") as f:
+        f.write('{"step": 2, "lo')  # a kill mid-write
+    assert files.read_jsonl_repairing(path) == [{"step": 1}]
+    files.append_jsonl(path, {"step": 3})
+    assert files.read_jsonl(path) == [{"step": 1}, {"step": 3}]
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"step": 4}')  # the record written, its newline not
+    assert files.read_jsonl_repairing(path) == [{"step": 1}, {"step": 3}, {"step": 4}]
+    assert path.read_bytes() == whole + b'{"step": 4}\n'
+    assert files.read_jsonl_repairing(path) == [{"step": 1}, {"step": 3}, {"step": 4}]  # intact: unchanged

@@ -99,6 +99,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def read_jsonl_repairing(path: str | os.PathLike) -> list[dict]:
+    """`read_jsonl`, rewriting a file whose last line is torn (a killed append) without that line, so
+    that the next append starts a line of its own; one pass over the file."""
+    records, torn = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                torn = True
+                break
+            torn = not line.endswith("\n")
+    if torn:
+        write_jsonl(path, records)
+    return records
+
+
 def append_jsonl(path: str | os.PathLike, *records: dict) -> None:
     """Append records and flush them to disk, for logs that grow as work completes."""
     path = Path(path)
@@ -198,14 +215,11 @@ class DigestCache:
         self.pending: list[dict] = []
         self.flushed_at = time.monotonic()
         if self.path.is_file():
-            records = read_jsonl(self.path)
-            for record in records:
+            for record in read_jsonl_repairing(self.path):
                 if "error" in record:
                     self.errors[record["sha256"]] = record["error"]
                 else:
                     self.entries[record["sha256"]] = record[field]
-            if not self.path.read_bytes().endswith(b"\n"):  # torn last line from a killed run
-                write_jsonl(self.path, records)
 
     def __contains__(self, digest: str) -> bool:
         return digest in self.entries or digest in self.errors

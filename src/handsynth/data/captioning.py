@@ -264,10 +264,7 @@ def _read_done(out_path: Path, captioner: Captioner) -> dict[str, str]:
     """Captions already in `out_path`; a torn last line from a killed run is cut off first."""
     if not out_path.exists():
         return {}
-    records = files.read_jsonl(out_path)
-    text = out_path.read_text(encoding="utf-8")
-    if len(records) != text.count("\n") or not text.endswith("\n"):
-        files.write_jsonl(out_path, records)
+    records = files.read_jsonl_repairing(out_path)
     others = {r.get("captioner") for r in records} - {captioner.name}
     if others:
         raise HandsynthError(

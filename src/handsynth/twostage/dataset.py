@@ -325,10 +325,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
 def _read_progress(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
-    entries = files.read_jsonl(path)
-    if not path.read_bytes().endswith(b"\n"):  # torn last line from a killed run
-        files.write_jsonl(path, entries)
-    return {entry["key"]: entry for entry in entries}
+    return {entry["key"]: entry for entry in files.read_jsonl_repairing(path)}
 
 
 def _captions(config: Config, items: list[Item], out: Path) -> dict[str, str]:
