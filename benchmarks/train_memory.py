@@ -166,7 +166,7 @@ FLAT_CASES = {
 }
 
 
-def _status(field: str) -> int:
+def status_bytes(field: str) -> int:
     """A /proc/self/status field, in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -197,7 +197,7 @@ def _measure_case(case: str, side: str, text_dim: int, work: str) -> int:
     trainer = _FusionTrainer(work_dir / "train", fusion, "untrained" not in case) if fusion else None
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-    before = _status("VmRSS")
+    before = status_bytes("VmRSS")
     if case.startswith("checkpoint") and side == "after":
         trainer.save_checkpoint()
     elif case.startswith("checkpoint"):  # the old save_checkpoint: NaN check, a copy of each weight, save
@@ -215,7 +215,7 @@ def _measure_case(case: str, side: str, text_dim: int, work: str) -> int:
             load_file(str(work_dir / "model" / "hand1000" / "fusion.safetensors")), assign=True
         )
         loaded.to(dtype=torch.float16)
-    return _status("VmHWM") - before
+    return status_bytes("VmHWM") - before
 
 
 def flat_fusion_host_memory() -> dict:

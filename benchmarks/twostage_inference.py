@@ -71,7 +71,8 @@ MASK_BIAS = 4.0  # the random mask head's last bias: sigmoid > 0.5 nearly everyw
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
-from train_memory import SD14_TEXT, SD14_UNET, SD14_VAE  # noqa: E402
+from train_memory import SD14_TEXT, SD14_UNET, SD14_VAE, status_bytes  # noqa: E402
+from train_step import sync  # noqa: E402
 from twostage_data import toy_pose  # noqa: E402  (the tests' standing pose, both hands raised)
 
 CONTROLNET_KEYS = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",
@@ -287,7 +288,7 @@ CLOCKS = ("wall", "cpu")  # time.perf_counter, and time.process_time: the CPU ti
 
 
 def now(device) -> tuple[float, float]:
-    sync(device)
+    sync(torch.device(device))
     return time.perf_counter(), time.process_time()
 
 
@@ -320,11 +321,6 @@ def twostage_run(built: dict, args: argparse.Namespace):
 
 
 RUNS = {"controlnet": controlnet_run, "stage2": stage2_run, "twostage": twostage_run}
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------------------- workers
@@ -381,7 +377,7 @@ def memory_worker(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     run(0)
-    peak = peak_rss()
+    peak = status_bytes("VmHWM")
     row = {
         "rss_before_build_mib": before / 2**20,
         "rss_built_mib": (resident - before) / 2**20,
@@ -393,13 +389,6 @@ def memory_worker(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         row["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return row
-
-
-def peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # -------------------------------------------------------------------------------------------- main
