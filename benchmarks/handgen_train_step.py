@@ -64,7 +64,7 @@ def computed() -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
+    from handsynth.twostage.handgen.model import build_mask_head, widen_conv_in
 
     with init_empty_weights():
         unet = widen_conv_in(UNet2DConditionModel(**SD14_UNET))
@@ -140,8 +140,8 @@ def measure(setting: str, latent: int, batch: int, steps: int, device: str) -> d
     from accelerate import Accelerator
 
     from handsynth.config import Config
-    from handsynth.twostage.hand_data import HandBatch
-    from handsynth.twostage.hand_trainer import HandgenTrainer
+    from handsynth.twostage.handgen.data import HandBatch
+    from handsynth.twostage.handgen.trainer import HandgenTrainer
 
     options = SETTINGS[setting]
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=options["mixed_precision"])

@@ -31,8 +31,8 @@ from handsynth.data.synthetic import write_synthetic_hagrid
 from handsynth.perception.hands import HandDetector, import_mediapipe
 from handsynth.perception.pose import PoseDetector
 from handsynth.perception.wholebody import HANDS
-from handsynth.twostage.crops import crop_hands
-from handsynth.twostage.masks import LandmarkMasker, dilate, read_mask
+from handsynth.twostage.data.crops import crop_hands
+from handsynth.twostage.data.masks import LandmarkMasker, dilate, read_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 HAGRID_MINI = ROOT.parent / "shared" / "data" / "hagrid-mini" / "images"

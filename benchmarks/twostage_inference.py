@@ -99,7 +99,7 @@ def unet(channels: int, trunk=None):
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from handsynth.twostage.hand_model import widen_conv_in
+    from handsynth.twostage.handgen.model import widen_conv_in
 
     if trunk is None:
         model = UNet2DConditionModel(**SD14_UNET)
@@ -120,10 +120,10 @@ def build(sides: tuple[str, ...], args: argparse.Namespace, share_trunk: bool) -
 
     from handsynth.config import OutpaintSection
     from handsynth.tiny.tokenizer import write_clip_tokenizer
-    from handsynth.twostage.hand_model import HandGenerator, build_mask_head
-    from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
-    from handsynth.twostage.outpaint_models import OutpaintModels
-    from handsynth.twostage.outpainter import Outpainter
+    from handsynth.twostage.handgen.model import HandGenerator, build_mask_head
+    from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
+    from handsynth.twostage.outpaint.models import OutpaintModels
+    from handsynth.twostage.outpaint.outpainter import Outpainter
     from handsynth.twostage.pipeline import TwoStagePipeline
 
     device, dtype = args.device, DTYPES[args.dtype]
@@ -232,7 +232,7 @@ def offload_resident_bytes(built: dict) -> int:
 def controlnet_run(built: dict, args: argparse.Namespace):
     from PIL import Image
 
-    from handsynth.twostage.skeleton import draw_openpose
+    from handsynth.twostage.data.skeleton import draw_openpose
 
     pipe = built["baseline"]
     condition = Image.fromarray(draw_openpose(toy_pose(args.size), args.size, args.size, "full"))
@@ -255,7 +255,7 @@ def controlnet_run(built: dict, args: argparse.Namespace):
 def synthetic_canvas(size: int):
     """Two skin-coloured discs placed on the pose's hands: stage 2's input without a hand stage."""
     from handsynth.perception.wholebody import HAND_INDICES
-    from handsynth.twostage.canvas import DrawnHand, place_hands
+    from handsynth.twostage.outpaint.canvas import DrawnHand, place_hands
 
     pose = toy_pose(size)
     yy, xx = np.mgrid[:64, :64]

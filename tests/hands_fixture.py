@@ -13,7 +13,7 @@ from PIL import Image
 
 from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample
 from handsynth.perception.wholebody import HAND_EDGES
-from handsynth.twostage.heatmaps import finger_heatmaps, quantize
+from handsynth.twostage.data.heatmaps import finger_heatmaps, quantize
 
 RENDER = 256
 PALM = [0, 1, 5, 9, 13, 17]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from handsynth.errors import HandsynthError
-from handsynth.twostage.blending import blend, blend_masks, dilate
+from handsynth.twostage.outpaint.blending import blend, blend_masks, dilate
 
 
 @pytest.fixture

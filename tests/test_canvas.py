@@ -12,7 +12,7 @@ from handsynth.data.hagrid import read_hagrid
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.wholebody import HAND_INDICES, empty_pose
-from handsynth.twostage.canvas import (
+from handsynth.twostage.outpaint.canvas import (
     BACKGROUND,
     DrawnHand,
     canvas_from_mask,
@@ -182,7 +182,7 @@ def test_small_hands_are_named_in_a_warning(caplog):
     pose[91, :2] = (100 + 40, 100 + 20)  # left hand: 40 px across
     pose[112:133] = (300, 300, 2)
     pose[112, :2] = (300 + 120, 300)  # right hand: 120 px across
-    with caplog.at_level(logging.WARNING, logger="handsynth.twostage.canvas"):
+    with caplog.at_level(logging.WARNING, logger="handsynth.twostage.outpaint.canvas"):
         assert small_hands(pose, 512, 512, 0.1) == ["left"]
     assert "left hand spans 40 px, under 10% of the 512 px image" in caplog.text
     assert small_hands(pose, 512, 512, 0.05) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handsynth.twostage.crops import (
+from handsynth.twostage.data.crops import (
     crop_hands,
     cut_square,
     from_box,
@@ -15,7 +15,7 @@ from handsynth.twostage.crops import (
     square_box,
     to_box,
 )
-from handsynth.twostage.heatmaps import dequantize
+from handsynth.twostage.data.heatmaps import dequantize
 
 
 def _pose_with_hands(left_box=None, right_box=None, seed=0):

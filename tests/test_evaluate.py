@@ -13,7 +13,8 @@ from handsynth import files
 from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.evaluation import evaluate, inception, metrics
+from handsynth.evaluation import inception, metrics
+from handsynth.hand1000 import evaluate
 from handsynth.tiny.inception import write_random_inception
 
 REAL = ["call", "four", "like", "mute", "ok", "palm", "hand_heart", "holy"]

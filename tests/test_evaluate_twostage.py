@@ -14,10 +14,10 @@ from PIL import Image
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.evaluation import evaluate_twostage as ets
 from handsynth.evaluation import inception, metrics, pose_metrics
 from handsynth.perception.wholebody import HAND_INDICES, empty_pose
 from handsynth.tiny.inception import write_random_inception
+from handsynth.twostage import evaluate as ets
 
 REAL = ["call", "four", "like", "mute", "ok", "palm"]
 GENERATED = ["dislike", "fist", "one", "peace", "stop"]
@@ -334,10 +334,10 @@ def test_evaluate_command_passes_metrics_to_the_two_stage_method_and_refuses_han
 
 @pytest.mark.slow
 def test_person_masks_come_from_holistic_or_from_sam_prompted_with_its_body(hagrid_mini, tmp_path):
-    from handsynth.evaluation.evaluate_twostage import PersonMasks
     from handsynth.files import load_rgb
     from handsynth.perception.pose import PoseDetector
     from handsynth.tiny.sam import write_tiny_sam
+    from handsynth.twostage.evaluate import PersonMasks
 
     photos = sorted((hagrid_mini / "images").glob("*/*.jpg"))
     sam = write_tiny_sam(tmp_path / "sam")

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from handsynth.errors import HandsynthError
 from handsynth.perception.sam import dilate_mask
-from handsynth.twostage.masks import LandmarkMasker, landmark_mask, make_masker, read_mask
+from handsynth.twostage.data.masks import LandmarkMasker, landmark_mask, make_masker, read_mask
 
 
 def test_landmark_mask_covers_every_annotated_keypoint_on_the_real_photos(hagrid_mini):

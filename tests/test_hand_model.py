@@ -12,7 +12,8 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from handsynth.errors import HandsynthError
-from handsynth.twostage.hand_model import (
+from handsynth.twostage.data.heatmaps import finger_heatmaps
+from handsynth.twostage.handgen.model import (
     HandGenerator,
     MaskHead,
     build_mask_head,
@@ -20,7 +21,6 @@ from handsynth.twostage.hand_model import (
     mask_feature_module,
     widen_conv_in,
 )
-from handsynth.twostage.heatmaps import finger_heatmaps
 
 # stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json (the architecture keys).
 SD15_UNET = dict(

@@ -13,9 +13,9 @@ from PIL import Image
 
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import PromptEncoder, encode_text
-from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
-from handsynth.twostage.hand_pipeline import HandGeneratorPipeline, save_hand_generator
-from handsynth.twostage.heatmaps import finger_heatmaps
+from handsynth.twostage.data.heatmaps import finger_heatmaps
+from handsynth.twostage.handgen.model import build_mask_head, widen_conv_in
+from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline, save_hand_generator
 
 PROMPTS = ["a hand with a red ring", "a tanned hand"]
 STEPS = 4  # few steps keep the test fast; the loop is the same at 50

@@ -13,8 +13,8 @@ from PIL import Image
 
 from handsynth.cli import main
 from handsynth.errors import HandsynthError
-from handsynth.twostage.hand_generate import read_keypoint_jobs
-from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
+from handsynth.twostage.handgen.generate import read_keypoint_jobs
+from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_train_then_generate_resumably(tiny_sd_path, hands_manifest, tmp_path, c
 def test_generate_from_an_npy_with_a_prompt(tiny_sd_path, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
 
-    from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
-    from handsynth.twostage.hand_pipeline import save_hand_generator
+    from handsynth.twostage.handgen.model import build_mask_head, widen_conv_in
+    from handsynth.twostage.handgen.pipeline import save_hand_generator
 
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet"))
     folder = save_hand_generator(

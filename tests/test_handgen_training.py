@@ -18,7 +18,8 @@ from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import encode_images, encode_text, load_base_models
 from handsynth.training.trainer import make_accelerator
-from handsynth.twostage.hand_data import (
+from handsynth.twostage.data.heatmaps import dequantize
+from handsynth.twostage.handgen.data import (
     AUGMENT_P,
     BRIGHTNESS,
     CONTRAST,
@@ -28,9 +29,8 @@ from handsynth.twostage.hand_data import (
     load_batch,
     read_hand_items,
 )
-from handsynth.twostage.hand_model import MaskHead
-from handsynth.twostage.hand_trainer import HandgenTrainer, train_handgen
-from handsynth.twostage.heatmaps import dequantize
+from handsynth.twostage.handgen.model import MaskHead
+from handsynth.twostage.handgen.trainer import HandgenTrainer, train_handgen
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from handsynth.errors import HandsynthError
 from handsynth.perception import wholebody
-from handsynth.twostage.heatmaps import dequantize, finger_heatmaps, quantize
+from handsynth.twostage.data.heatmaps import dequantize, finger_heatmaps, quantize
 
 
 def spread_hand(cx: float, cy: float) -> np.ndarray:

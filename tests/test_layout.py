@@ -77,3 +77,42 @@ def test_no_module_is_over_800_lines(path):
 def test_each_method_and_the_shared_parts_have_a_package():
     packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert {"data", "perception", "training", "hand1000", "twostage", "evaluation"} <= packages
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to; a module at the top of handsynth is a unit of its own."""
+    parts = module.split(".")
+    is_package = (PACKAGE.parent.joinpath(*parts) / "__init__.py").is_file()
+    if is_package or len(parts) == 2:
+        return module
+    return ".".join(parts[:-1])
+
+
+def test_no_two_packages_import_each_other():
+    graph = import_graph()
+    edges = {(package_of(a), package_of(b)) for a, targets in graph.items() for b in targets}
+    edges = {(a, b) for a, b in edges if a != b}
+    assert ("handsynth.twostage.outpaint", "handsynth.twostage.data") in edges  # the edges are seen
+    both_ways = sorted((a, b) for a, b in edges if (b, a) in edges and a < b)
+    assert not both_ways, f"packages that import each other: {both_ways}"
+
+
+def test_only_the_cli_modules_parse_the_command_line():
+    users = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = []
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported = [node.module or ""]
+            if "argparse" in imported and path.stem not in ("cli", "cli_options"):
+                users.append(module_name(path))
+    assert "handsynth.cli" in {module_name(p) for p in PACKAGE.rglob("cli.py")}
+    assert not users, f"argparse outside the cli modules: {sorted(set(users))}"
+
+
+def test_the_two_stage_package_follows_the_papers_stages():
+    twostage = PACKAGE / "twostage"
+    assert {p.parent.name for p in twostage.glob("*/__init__.py")} == {"data", "handgen", "outpaint"}
+    assert not [p.name for p in twostage.rglob("*.py") if p.stem.startswith(("hand_", "outpaint_"))]

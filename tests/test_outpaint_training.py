@@ -19,11 +19,11 @@ from handsynth.cli import main as cli_main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.training.trainer import NonFiniteLoss
-from handsynth.twostage import outpaint_trainer
-from handsynth.twostage.canvas import canvas_from_mask
-from handsynth.twostage.outpaint_models import LORA_META, LORA_WEIGHTS, check_unet, load_lora, masked_mse
-from handsynth.twostage.outpaint_trainer import build_outpaint_trainer, read_outpaint_items, train_outpainter
-from handsynth.twostage.outpainter import Outpainter
+from handsynth.twostage.outpaint import trainer as outpaint_trainer
+from handsynth.twostage.outpaint.canvas import canvas_from_mask
+from handsynth.twostage.outpaint.models import LORA_META, LORA_WEIGHTS, check_unet, load_lora, masked_mse
+from handsynth.twostage.outpaint.outpainter import Outpainter
+from handsynth.twostage.outpaint.trainer import build_outpaint_trainer, read_outpaint_items, train_outpainter
 
 
 @pytest.fixture(scope="module")

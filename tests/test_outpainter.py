@@ -12,12 +12,12 @@ from twostage_data import toy_pose
 
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HAND_INDICES
-from handsynth.twostage import sampler
-from handsynth.twostage.blending import blend_masks
-from handsynth.twostage.canvas import Canvas, DrawnHand, latent_mask, place_hands
-from handsynth.twostage.outpainter import Outpainter
-from handsynth.twostage.sampler import preview_steps
-from handsynth.twostage.skeleton import draw_openpose
+from handsynth.twostage.data.skeleton import draw_openpose
+from handsynth.twostage.outpaint import sampler
+from handsynth.twostage.outpaint.blending import blend_masks
+from handsynth.twostage.outpaint.canvas import Canvas, DrawnHand, latent_mask, place_hands
+from handsynth.twostage.outpaint.outpainter import Outpainter
+from handsynth.twostage.outpaint.sampler import preview_steps
 
 PROMPT = "a man in a blue shirt raising both hands"
 SIZE = 64

@@ -14,9 +14,9 @@ from handsynth import files
 from handsynth.cli import main
 from handsynth.config import load_config
 from handsynth.errors import HandsynthError
-from handsynth.twostage import dataset as pose_dataset
-from handsynth.twostage.crops import from_box
-from handsynth.twostage.dataset import build_pose_dataset
+from handsynth.twostage.data import dataset as pose_dataset
+from handsynth.twostage.data.crops import from_box
+from handsynth.twostage.data.dataset import build_pose_dataset
 
 SYNTHETIC = {
     "pose.gestures": ["call", "palm"],
@@ -185,7 +185,7 @@ def test_a_stopped_build_resumes_without_detecting_or_masking_finished_images(
     hagrid_mini, tmp_path, monkeypatch
 ):
     from handsynth.perception.pose import PoseDetector
-    from handsynth.twostage.masks import LandmarkMasker
+    from handsynth.twostage.data.masks import LandmarkMasker
 
     source = _real_source(hagrid_mini, tmp_path / "hagrid", REAL)
     calls = {"detect": 0, "mask": 0, "crop": 0}

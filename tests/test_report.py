@@ -7,7 +7,7 @@ import re
 from PIL import Image
 
 from handsynth import files
-from handsynth.evaluation.report import write_run_report
+from handsynth.report import write_run_report
 
 
 def test_the_two_stage_data_section_follows_pose_output_dir_outside_the_run(tmp_path):

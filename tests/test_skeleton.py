@@ -7,7 +7,7 @@ import pytest
 
 from handsynth.errors import HandsynthError
 from handsynth.perception import wholebody
-from handsynth.twostage.skeleton import draw_openpose, openpose_body
+from handsynth.twostage.data.skeleton import draw_openpose, openpose_body
 
 
 def standing_pose() -> np.ndarray:

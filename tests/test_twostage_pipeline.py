@@ -17,10 +17,10 @@ from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
-from handsynth.twostage.canvas import place_hands
-from handsynth.twostage.crops import hand_keypoints
+from handsynth.twostage.data.crops import hand_keypoints
 from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
-from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
+from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
+from handsynth.twostage.outpaint.canvas import place_hands
 from handsynth.twostage.pipeline import TwoStagePipeline
 
 PROMPT = "a woman in a green coat raising both hands"
@@ -33,8 +33,8 @@ def handgen_path(tiny_sd_path, tmp_path_factory):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from handsynth.twostage.hand_model import build_mask_head, widen_conv_in
-    from handsynth.twostage.hand_pipeline import save_hand_generator
+    from handsynth.twostage.handgen.model import build_mask_head, widen_conv_in
+    from handsynth.twostage.handgen.pipeline import save_hand_generator
 
     torch.manual_seed(0)
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet"))
@@ -264,8 +264,8 @@ def test_the_command_names_a_missing_hand_generator(tmp_path, capsys):
 def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_poses(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 
-    from handsynth.evaluation import evaluate_twostage as ets
     from handsynth.twostage import ablation
+    from handsynth.twostage import evaluate as ets
 
     loads, scored = [], {}
 

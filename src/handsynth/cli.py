@@ -1,31 +1,31 @@
-"""`handsynth COMMAND ...`: one subcommand per pipeline step, each in its own module.
+"""`handsynth COMMAND ...`: the commands of every package, put together.
 
-A command module exposes `add_command(subparsers)`, which adds its parser and sets `func`.
+Each package keeps its command-line code in its own `cli` module, whose `add_commands(subparsers)` adds
+its commands: `data.cli` (the Hand1000 dataset), `hand1000.cli` (Stage I, training, generation) and
+`twostage.cli` (pose data, hand generator, outpainter, generation, ablation). The commands that span
+both methods live here: `run` (the chain), `demo` and `evaluate`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from pathlib import Path
 
 from handsynth import __version__
+from handsynth.cli_options import add_config_arguments, comma_list, config_from_args
+from handsynth.data import cli as data_cli
+from handsynth.demo import DEMO_DEFAULTS, with_tiny_models
 from handsynth.errors import HandsynthError
+from handsynth.evaluation import inception, metrics
+from handsynth.hand1000 import cli as hand1000_cli
+from handsynth.hand1000.evaluate import ALL_METRICS
+from handsynth.run import check_config, run_pipeline
+from handsynth.twostage import cli as twostage_cli
+from handsynth.twostage.evaluate import TWOSTAGE_METRICS
 
-COMMAND_MODULES = [
-    "handsynth.demo",
-    "handsynth.run",
-    "handsynth.hand1000.trainer",
-    "handsynth.hand1000.generate",
-    "handsynth.data.dataset",
-    "handsynth.hand1000.features",
-    "handsynth.evaluation.evaluate",
-    "handsynth.twostage.pose_cli",
-    "handsynth.twostage.handgen_cli",
-    "handsynth.twostage.outpaint_trainer",
-    "handsynth.twostage.generate_cli",
-]
+log = logging.getLogger(__name__)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -46,15 +46,184 @@ def _all_parsers(parser: argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="handsynth",
-        description="Text-to-image diffusion that draws hands correctly (Hand1000).",
+        description="Text-to-image diffusion that draws hands correctly: Hand1000 (gesture fine-tuning of "
+        "SD) and two-stage pose-conditioned generation (a hand generator, then a ControlNet body "
+        "outpainter).",
     )
     parser.add_argument("--version", action="version", version=f"handsynth {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_command(subparsers)
+    add_demo_command(subparsers)
+    add_run_command(subparsers)
+    hand1000_cli.add_commands(subparsers)
+    data_cli.add_commands(subparsers)
+    add_evaluate_command(subparsers)
+    twostage_cli.add_commands(subparsers)
     for each in _all_parsers(parser):
         each.formatter_class = _HelpFormatter
     return parser
+
+
+def add_run_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the whole chain of each method in run.methods from one config (skips finished steps)",
+        description="Hand1000: dataset, quality, features, train, generate and evaluate for every gesture "
+        "in the config. Two-stage: pose data, hand generator, outpainter, generate, evaluate and the "
+        "blending ablation. Then the report page. Finished steps are skipped; an interrupted step resumes.",
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.config is None:
+        raise HandsynthError(
+            "`handsynth run` needs --config: start from configs/hand1000.toml or configs/twostage.toml, "
+            "or try `handsynth demo`"
+        )
+    run_pipeline(config_from_args(args))
+    return 0
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run both methods offline on tiny models and a synthetic gesture dataset",
+        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, CLIP, LLM, "
+        "LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses and hand "
+        "masks, then run the Hand1000 chain and the two-stage chain on them, as `handsynth run` does "
+        "with real models. Finished steps are skipped on a re-run.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--gestures",
+        dest="data.gestures",
+        type=comma_list,
+        help="comma-separated gestures of the Hand1000 chain (default call,palm)",
+    )
+    parser.add_argument(
+        "--images-per-gesture",
+        dest="data.synthetic_per_gesture",
+        type=int,
+        help="synthetic images rendered per gesture (default 24)",
+    )
+    parser.add_argument("--n-train", dest="data.n_train", type=int, help="training images per gesture (12)")
+    parser.add_argument("--n-test", dest="data.n_test", type=int, help="test images per gesture (12)")
+    parser.add_argument(
+        "--schedule", dest="train.schedule", choices=["reference", "batched"], help="training schedule"
+    )
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    config = config_from_args(args, defaults=DEMO_DEFAULTS)
+    check_config(config)
+    log.info("[0] tiny random-weight models -> %s", Path(config.run.output_dir) / "tiny-models")
+    run_pipeline(with_tiny_models(config))
+    return 0
+
+
+def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="FID, KID, FID-H, KID-H, HAND-CONF, CLIPSIM and gesture accuracy of generated images",
+        description="Compare generated images with real ones. Writes report.json, report.md and "
+        "samples.png per gesture; Inception features are cached so a second model re-reads no real image.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--method",
+        choices=("hand1000", "twostage"),
+        default="hand1000",
+        help="hand1000 (per gesture) or twostage (DAP, DAP-hands, MPJPE, MPJPE-hands, FID/KID at 192, 768 "
+        "and 2048 dims, their fg variants, CLIPSIM; evaluate.twostage_metrics)",
+    )
+    parser.add_argument(
+        "--real",
+        type=Path,
+        metavar="DIR",
+        help="dataset folder (test.jsonl) or image folder (default <run>/dataset); twostage: the "
+        "two-stage dataset (images.jsonl, default <run>/twostage-data)",
+    )
+    parser.add_argument(
+        "--generated",
+        type=Path,
+        metavar="DIR",
+        help="samples folder (<gesture>/records.jsonl) or image folder (default <run>/samples); twostage: "
+        "a `twostage generate` folder (default <run>/twostage/samples)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default <run>/eval, twostage <run>/twostage/eval)",
+    )
+    parser.add_argument(
+        "--gesture",
+        action="append",
+        help="gesture to evaluate (repeatable; default every data.gestures entry with samples; "
+        "'none' compares the two folders as they are)",
+    )
+    parser.add_argument(
+        "--inception-weights",
+        dest="evaluate.inception_weights",
+        metavar="PTH",
+        help=f"{inception.WEIGHTS_NAME} (default ${inception.WEIGHTS_ENV}, "
+        f"then {inception.default_weights_path()})",
+    )
+    parser.add_argument(
+        "--preprocess",
+        dest="evaluate.preprocess",
+        choices=inception.PREPROCESS_MODES,
+        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop, as the Hand1000 scripts); "
+        "the input normalisation follows the weights",
+    )
+    parser.add_argument(
+        "--feature-dim",
+        dest="evaluate.feature_dim",
+        type=int,
+        choices=inception.TAPS,
+        help="Inception tap (2048)",
+    )
+    parser.add_argument("--kid-subsets", dest="evaluate.kid_subsets", type=int, help="KID subsets (100)")
+    parser.add_argument(
+        "--kid-subset-size", dest="evaluate.kid_subset_size", type=int, help="KID subset size (1000)"
+    )
+    parser.add_argument(
+        "--kid-estimator",
+        dest="evaluate.kid_estimator",
+        choices=metrics.KID_ESTIMATORS,
+        help="unbiased, or reference (biased, diagonal kept, as the official scripts)",
+    )
+    parser.add_argument(
+        "--hand-crop",
+        dest="evaluate.hand_crop",
+        choices=metrics.HAND_CROP_MODES,
+        help="FID-H crops (reference)",
+    )
+    parser.add_argument(
+        "--hand-crop-margin", dest="evaluate.hand_crop_margin", type=float, help="per-hand crop margin (0.25)"
+    )
+    parser.add_argument("--clip-model", dest="evaluate.clip_model", help="CLIP hub id or folder for CLIPSIM")
+    parser.add_argument(
+        "--metrics",
+        dest="evaluate.metrics",
+        type=comma_list,
+        help=f"comma-separated subset of {','.join(ALL_METRICS)} (default all); with --method twostage, "
+        f"of {','.join(TWOSTAGE_METRICS)}",
+    )
+    parser.add_argument("--cache-dir", dest="evaluate.cache_dir", help="feature cache (default <run>/cache)")
+    parser.add_argument(
+        "--batch-size", dest="evaluate.batch_size", type=int, help="Inception/CLIP batch (32)"
+    )
+    parser.add_argument("--device", dest="run.device", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    method = twostage_cli if args.method == "twostage" else hand1000_cli
+    return method.run_evaluate(args, config)
 
 
 class _WithoutEmptyNotices(logging.Filter):

@@ -9,7 +9,6 @@ A flag declared with `dest="section.key"`, or `--set section.key=value`, overrid
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -316,36 +315,3 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip(), value
-
-
-def comma_list(text: str) -> list[str]:
-    """A flag's comma-separated value as a list, e.g. `--gestures call,palm`."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config, --set and --output-dir: what every command that reads a run config takes."""
-    parser.add_argument("--config", type=Path, help="TOML run config; flags below override it")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config key, e.g. --set train.unet_lr=2e-6 (repeatable)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        dest="run.output_dir",
-        metavar="DIR",
-        help="run folder (default: run.output_dir, runs/demo)",
-    )
-
-
-def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Config:
-    """`defaults` (a command's own), then --config, then every `section.key` flag given, then --set."""
-    config = Config()
-    for key, value in (defaults or {}).items():
-        config.set(key, value)
-    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    overrides.update(parse_set_option(item) for item in args.set)
-    return load_config(args.config, overrides, base=config)

@@ -8,11 +8,10 @@ chain needs neither SAM nor a Holistic detection for its data.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from handsynth.config import Config, add_config_arguments, comma_list, config_from_args
+from handsynth.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +59,6 @@ DEMO_DEFAULTS = {
 }
 
 
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run both methods offline on tiny models and a synthetic gesture dataset",
-        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, CLIP, LLM, "
-        "LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses and hand "
-        "masks, then run the Hand1000 chain and the two-stage chain on them, as `handsynth run` does "
-        "with real models. Finished steps are skipped on a re-run.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--gestures",
-        dest="data.gestures",
-        type=comma_list,
-        help="comma-separated gestures of the Hand1000 chain (default call,palm)",
-    )
-    parser.add_argument(
-        "--images-per-gesture",
-        dest="data.synthetic_per_gesture",
-        type=int,
-        help="synthetic images rendered per gesture (default 24)",
-    )
-    parser.add_argument("--n-train", dest="data.n_train", type=int, help="training images per gesture (12)")
-    parser.add_argument("--n-test", dest="data.n_test", type=int, help="test images per gesture (12)")
-    parser.add_argument(
-        "--schedule", dest="train.schedule", choices=["reference", "batched"], help="training schedule"
-    )
-    parser.set_defaults(func=run_demo)
-
-
 def with_tiny_models(config: Config) -> Config:
     """Write the tiny models under the run folder and point the config's model ids at them."""
     from handsynth.tiny.captioners import write_tiny_llava
@@ -111,13 +80,3 @@ def with_tiny_models(config: Config) -> Config:
         config.outpaint.controlnet = str(write_tiny_controlnet(folder / "controlnet", seed=seed))
         config.pose.captioner_model = str(write_tiny_llava(folder / "llava", seed=seed))
     return config
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from handsynth.run import check_config, run_pipeline
-
-    config = config_from_args(args, defaults=DEMO_DEFAULTS)
-    check_config(config)
-    log.info("[0] tiny random-weight models -> %s", Path(config.run.output_dir) / "tiny-models")
-    run_pipeline(with_tiny_models(config))
-    return 0

@@ -11,7 +11,6 @@ step cut short resumes from the work it had saved.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handsynth import files
-from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.config import Config, save_config
 from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
 
@@ -103,7 +102,7 @@ def _generate(config: Config, out: Path) -> dict:
 
 
 def _evaluate(config: Config, out: Path) -> dict:
-    from handsynth.evaluation.evaluate import evaluate, headline
+    from handsynth.hand1000.evaluate import evaluate, headline
 
     metrics = {}
     for gesture in config.data.gestures:
@@ -113,21 +112,21 @@ def _evaluate(config: Config, out: Path) -> dict:
 
 
 def _pose_data(config: Config, out: Path) -> dict:
-    from handsynth.twostage.dataset import build_pose_dataset
+    from handsynth.twostage.data.dataset import build_pose_dataset
 
     report = build_pose_dataset(config)
     return {"counts": report.get("counts")}
 
 
 def _handgen(config: Config, out: Path) -> dict:
-    from handsynth.twostage.dataset import default_output_dir
-    from handsynth.twostage.hand_trainer import train_handgen
+    from handsynth.twostage.data.dataset import default_output_dir
+    from handsynth.twostage.handgen.trainer import train_handgen
 
     return {"model": str(train_handgen(config, default_output_dir(config) / "hands.jsonl", out))}
 
 
 def _outpaint(config: Config, out: Path) -> dict:
-    from handsynth.twostage.outpaint_trainer import train_outpainter
+    from handsynth.twostage.outpaint.trainer import train_outpainter
 
     return {"lora": str(train_outpainter(config))}
 
@@ -145,8 +144,8 @@ def _twostage_generate(config: Config, out: Path) -> dict:
 
 
 def _twostage_evaluate(config: Config, out: Path) -> dict:
-    from handsynth.evaluation.evaluate_twostage import evaluate_samples, headline
-    from handsynth.twostage.dataset import default_output_dir
+    from handsynth.twostage.data.dataset import default_output_dir
+    from handsynth.twostage.evaluate import evaluate_samples, headline
 
     samples, real = out / "twostage" / "samples", default_output_dir(config)
     return {"metrics": headline(evaluate_samples(config, samples, real, out / "twostage" / "eval"))}
@@ -154,7 +153,7 @@ def _twostage_evaluate(config: Config, out: Path) -> dict:
 
 def _ablation(config: Config, out: Path) -> dict:
     from handsynth.twostage.ablation import run_blending_ablation
-    from handsynth.twostage.dataset import default_output_dir
+    from handsynth.twostage.data.dataset import default_output_dir
 
     real = default_output_dir(config)
     made = {config.outpaint.blending: out / "twostage" / "samples"}  # the twostage-generate step's images
@@ -165,7 +164,7 @@ def _ablation(config: Config, out: Path) -> dict:
 
 
 def _report(config: Config, out: Path) -> dict:
-    from handsynth.evaluation.report import write_run_report
+    from handsynth.report import write_run_report
 
     page = write_run_report(out, [(step.name, step.title) for step in steps_for(config)])
     return {"file": str(page.relative_to(out))}
@@ -240,18 +239,18 @@ def check_config(config: Config) -> None:
             raise HandsynthError("data.gestures is empty; name at least one gesture, e.g. --gestures call")
         for gesture in config.data.gestures:
             check_gesture(gesture)
-        from handsynth.evaluation.evaluate import check_evaluate_settings
+        from handsynth.hand1000.evaluate import check_evaluate_settings
         from handsynth.hand1000.trainer import check_train_settings  # torch and diffusers: imported late
 
         check_train_settings(config)
         check_evaluate_settings(config)
     if "twostage" in config.run.methods:
-        from handsynth.evaluation.evaluate_twostage import check_twostage_settings
         from handsynth.twostage.ablation import check_modes
-        from handsynth.twostage.blending import check_blend_settings
-        from handsynth.twostage.dataset import check_pose_settings
-        from handsynth.twostage.hand_trainer import check_handgen_settings
-        from handsynth.twostage.outpaint_trainer import check_outpaint_settings
+        from handsynth.twostage.data.dataset import check_pose_settings
+        from handsynth.twostage.evaluate import check_twostage_settings
+        from handsynth.twostage.handgen.trainer import check_handgen_settings
+        from handsynth.twostage.outpaint.blending import check_blend_settings
+        from handsynth.twostage.outpaint.trainer import check_outpaint_settings
 
         check_pose_settings(config)
         check_handgen_settings(config)
@@ -288,25 +287,3 @@ def run_pipeline(config: Config) -> Path:
     report = out / "report.html"
     log.info("report: %s", report.resolve())
     return report
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run the whole chain of each method in run.methods from one config (skips finished steps)",
-        description="Hand1000: dataset, quality, features, train, generate and evaluate for every gesture "
-        "in the config. Two-stage: pose data, hand generator, outpainter, generate, evaluate and the "
-        "blending ablation. Then the report page. Finished steps are skipped; an interrupted step resumes.",
-    )
-    add_config_arguments(parser)
-    parser.set_defaults(func=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    if args.config is None:
-        raise HandsynthError(
-            "`handsynth run` needs --config: start from configs/hand1000.toml or configs/twostage.toml, "
-            "or try `handsynth demo`"
-        )
-    run_pipeline(config_from_args(args))
-    return 0

@@ -13,7 +13,6 @@ images. Output: `<out>/<gesture>/mean.npy`, `features.npz` (keys, features, fall
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import multiprocessing
@@ -26,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from handsynth import files
-from handsynth.config import FeaturesSection, add_config_arguments, config_from_args, save_config
+from handsynth.config import FeaturesSection
 from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
@@ -258,68 +257,3 @@ def compute_gesture_feature(
         len(missing) + len(corrupt), detections_run, report["seconds"], folder,
     )  # fmt: skip
     return GestureFeature(label, folder, mean, keys, features, report)
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "features",
-        help="Stage I: mean MediaPipe hand-landmark feature per gesture",
-        description="Detect the first hand of each training image with MediaPipe Hands and save, per "
-        "gesture, the 63-d mean landmark feature (mean.npy), the per-image features (features.npz) and a "
-        "report. Results are cached by file content, so a re-run detects nothing it has seen.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--dataset",
-        dest="features.dataset",
-        help="dataset folder with <split>.jsonl, or a plain folder of images (default <run>/dataset)",
-    )
-    parser.add_argument("--out", dest="features.output_dir", help="features folder (default <run>/features)")
-    parser.add_argument(
-        "--gesture",
-        dest="data.gestures",
-        action="append",
-        help="gesture to process (repeatable; default: data.gestures; a plain folder: its name)",
-    )
-    parser.add_argument("--split", dest="features.split", help="manifest split to read (default train)")
-    parser.add_argument(
-        "--workers", dest="features.workers", type=int, help="detection processes (default 2)"
-    )
-    parser.add_argument(
-        "--max-num-hands", dest="features.max_num_hands", type=int, help="MediaPipe max_num_hands (default 1)"
-    )
-    parser.add_argument(
-        "--min-detection-confidence",
-        dest="features.min_detection_confidence",
-        type=float,
-        help="MediaPipe min_detection_confidence (default 0.5, as the reference)",
-    )
-    parser.add_argument(
-        "--model-complexity",
-        dest="features.model_complexity",
-        type=int,
-        help="MediaPipe model_complexity, 0 or 1 (default 1)",
-    )
-    parser.add_argument(
-        "--annotation-fallback",
-        dest="features.annotation_fallback",
-        action="store_const",
-        const=True,
-        help="when detection fails, use the manifest's 2-D landmarks with z = 0 (counted in the report)",
-    )
-    parser.set_defaults(func=run_features)
-
-
-def run_features(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    run_dir = Path(config.run.output_dir)
-    source = Path(config.features.dataset or run_dir / "dataset")
-    out = Path(config.features.output_dir or run_dir / "features")
-    save_config(config, out / "config.toml")
-    if (source / f"{config.features.split}.jsonl").is_file():
-        gestures = config.data.gestures
-    else:  # a plain folder holds one gesture: the one named, or the folder's name
-        gestures = config.data.gestures if len(config.data.gestures) == 1 else [None]
-    for gesture in gestures:
-        compute_gesture_feature(source, out, gesture, config.features)
-    return 0

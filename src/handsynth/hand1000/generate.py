@@ -12,7 +12,6 @@ A restart skips every image that already has a record and a file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from handsynth import files
-from handsynth.config import Config, add_config_arguments, config_from_args, save_config
+from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
 from handsynth.training.diffusion import vae_scale
@@ -203,113 +202,3 @@ def generate_samples(
     columns = g.images_per_prompt if g.images_per_prompt > 1 else math.ceil(math.sqrt(len(shown)))
     files.save_image(out_dir / "grid.png", make_grid(images, columns))
     return records
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "generate",
-        help="sample images from trained Hand1000 models",
-        description="Sample a Hand1000 model (d = (1-mu)*fc(e, f) + mu*e, DDIM, classifier-free guidance). "
-        "Prompts come from --prompt, a text file (one per line) or the test split's captions. Writes "
-        "<samples-dir>/<gesture>/images/*.png, records.jsonl and grid.png; a re-run skips finished images.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="DIR",
-        help="a Hand1000 model folder (default <output-dir>/models/<gesture>)",
-    )
-    parser.add_argument(
-        "--gesture",
-        action="append",
-        help="gesture whose model to sample (repeatable; default: every data.gestures entry)",
-    )
-    parser.add_argument(
-        "--prompt", action="append", help="a prompt (repeatable); overrides --prompts and the test split"
-    )
-    parser.add_argument(
-        "--prompts",
-        dest="generate.prompts",
-        metavar="FILE",
-        help="a text file (one prompt per line), a manifest .jsonl or a dataset folder "
-        "(default <dataset-dir>/test.jsonl, filtered by gesture)",
-    )
-    parser.add_argument(
-        "--dataset-dir",
-        type=Path,
-        metavar="DIR",
-        help="dataset folder with test.jsonl (default <output-dir>/dataset)",
-    )
-    parser.add_argument(
-        "--samples-dir",
-        type=Path,
-        metavar="DIR",
-        help="where <gesture>/ sample folders go (default <output-dir>/samples)",
-    )
-    parser.add_argument(
-        "--max-prompts", metavar="N", dest="generate.max_prompts", type=int, help="first N prompts (0: all)"
-    )
-    parser.add_argument(
-        "--mu", metavar="MU", dest="generate.mu", type=float, help="mu of the double fusion, 0..1 (0.7)"
-    )
-    parser.add_argument("--steps", metavar="N", dest="generate.steps", type=int, help="DDIM steps (45)")
-    parser.add_argument(
-        "--guidance", metavar="SCALE", dest="generate.guidance", type=float, help="guidance scale (3.0)"
-    )
-    parser.add_argument(
-        "--height",
-        metavar="PX",
-        dest="generate.height",
-        type=int,
-        help="image height in px (0, the default: the resolution the model was trained at)",
-    )
-    parser.add_argument(
-        "--width",
-        metavar="PX",
-        dest="generate.width",
-        type=int,
-        help="image width in px (0, the default: the resolution the model was trained at)",
-    )
-    parser.add_argument(
-        "--images-per-prompt",
-        metavar="N",
-        dest="generate.images_per_prompt",
-        type=int,
-        help="images per prompt (1)",
-    )
-    parser.add_argument(
-        "--batch-size", metavar="N", dest="generate.batch_size", type=int, help="images per batch (4)"
-    )
-    parser.add_argument(
-        "--seed", metavar="SEED", dest="run.seed", type=int, help="base seed: image i uses seed + i (0)"
-    )
-    parser.add_argument("--device", metavar="DEVICE", dest="run.device", help="auto, cpu or cuda (auto)")
-    parser.set_defaults(func=run_generate)
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    out = Path(config.run.output_dir)
-    samples_dir = args.samples_dir or out / "samples"
-    if args.model:
-        models = [args.model]
-    else:
-        models = [out / "models" / gesture for gesture in (args.gesture or config.data.gestures)]
-    for model in models:
-        gesture = read_hand1000_config(model)["gesture"]
-        if args.model and args.gesture and args.gesture != [gesture]:
-            raise HandsynthError(f"{model} is a model for '{gesture}', not {', '.join(args.gesture)}")
-        if args.prompt:
-            prompts, keys = list(args.prompt), None
-        else:
-            source = config.generate.prompts or (args.dataset_dir or out / "dataset")
-            prompts, keys = read_prompts(source, gesture)
-        if config.generate.max_prompts > 0:
-            prompts = prompts[: config.generate.max_prompts]
-            keys = keys[: config.generate.max_prompts] if keys else None
-        gesture_dir = samples_dir / gesture
-        save_config(config, gesture_dir / "config.toml")
-        records = generate_samples(config, model, prompts, gesture_dir, keys=keys)
-        log.info("%s: %d images in %s", gesture, len(records), gesture_dir)
-    return 0

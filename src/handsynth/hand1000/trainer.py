@@ -29,7 +29,6 @@ uninterrupted one. Runs under `accelerate launch` (DDP): each process takes its 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -42,7 +41,7 @@ import torch
 from PIL import Image
 
 from handsynth import files, hub
-from handsynth.config import Config, add_config_arguments, config_from_args
+from handsynth.config import Config
 from handsynth.data.gestures import check_gesture, gesture_phrase
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
@@ -64,7 +63,6 @@ from handsynth.training.diffusion import (
 )
 from handsynth.training.trainer import (
     Trainer,
-    add_training_arguments,
     check_settings,
     keys_digest,
     make_accelerator,
@@ -595,78 +593,3 @@ def train_hand1000(
 
 
 # ------------------------------------------------------------------------------------------ CLI
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="Hand1000 Stages II and III: optimise the text embedding, fine-tune the UNet",
-        description="Train one Hand1000 model per gesture from the dataset manifest and the Stage I mean "
-        "feature. Writes <output-dir>/models/<gesture> (a diffusers folder plus hand1000/) and "
-        "<output-dir>/train/<gesture>/ (loss.jsonl, checkpoints, config). Runs under `accelerate launch`.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--dataset-dir", type=Path, help="dataset folder with train.jsonl (default <output-dir>/dataset)"
-    )
-    parser.add_argument(
-        "--features-dir",
-        type=Path,
-        help="Stage I folder with <gesture>/mean.npy (default <output-dir>/features)",
-    )
-    parser.add_argument(
-        "--gesture", action="append", help="gesture to train (repeatable; default: every data.gestures entry)"
-    )
-    parser.add_argument(
-        "--base", dest="model.base", help="base model hub id or folder (CompVis/stable-diffusion-v1-4)"
-    )
-    parser.add_argument(
-        "--fusion", dest="model.fusion", choices=("token", "flat"), help="fusion kind (token)"
-    )
-    parser.add_argument(
-        "--train-fusion",
-        dest="model.train_fusion",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let Stage II train the fusion weights (default on; off is the reference's fixed projection)",
-    )
-    parser.add_argument("--lam", dest="model.lam", type=float, help="λ of the double fusion (0.7)")
-    parser.add_argument(
-        "--schedule", dest="train.schedule", choices=SCHEDULES, help="reference or batched (batched)"
-    )
-    parser.add_argument(
-        "--embedding-steps", dest="train.embedding_steps", type=int, help="Stage II steps per image (10)"
-    )
-    parser.add_argument(
-        "--embedding-lr", dest="train.embedding_lr", type=float, help="Stage II learning rate (1e-3)"
-    )
-    parser.add_argument(
-        "--unet-steps", dest="train.unet_steps", type=int, help="Stage III steps per image (20)"
-    )
-    parser.add_argument("--unet-lr", dest="train.unet_lr", type=float, help="Stage III learning rate (1e-6)")
-    parser.add_argument(
-        "--batch-size", dest="train.batch_size", type=int, help="batched schedule batch size (1)"
-    )
-    parser.add_argument(
-        "--epochs", dest="train.unet_epochs", type=int, help="batched Stage III passes (default --unet-steps)"
-    )
-    parser.add_argument(
-        "--lora-rank", dest="train.lora_rank", type=int, help="train a LoRA of this rank (0: full UNet)"
-    )
-    parser.add_argument(
-        "--max-images", dest="train.max_images", type=int, help="use the first N images (0: all)"
-    )
-    add_training_arguments(parser, "<output-dir>/train/<gesture>")
-    parser.set_defaults(func=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    out = Path(config.run.output_dir)
-    dataset_dir = args.dataset_dir or out / "dataset"
-    features_dir = args.features_dir or out / "features"
-    gestures = args.gesture or config.data.gestures
-    for gesture in gestures:
-        folder = train_hand1000(config, dataset_dir, features_dir / gesture / "mean.npy", out, gesture)
-        log.info("Hand1000 model for '%s' -> %s", gesture, folder)
-    return 0

@@ -25,7 +25,6 @@ and `load_rank_state`, and what to show by overriding `validation_grid`. Its loo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.util
@@ -110,50 +109,6 @@ def make_accelerator(config: Config, work: Path) -> Any:
             f"cannot set up training with mixed_precision={config.train.mixed_precision!r} on "
             f'device {config.run.device!r}: {exc}. On CPU use "no" or "bf16".'
         ) from None
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, work: str, checkpointing: str = "off") -> None:
-    """The flags of the `[train]` keys every trainer reads; `work` names the run's work folder (for
-    --resume's help) and `checkpointing` the command's gradient-checkpointing default."""
-    parser.add_argument(
-        "--mixed-precision",
-        dest="train.mixed_precision",
-        choices=("auto", *PRECISIONS),
-        help="auto (bf16 on a GPU that has it, else fp16; fp32 on CPU), no, fp16 or bf16 (auto)",
-    )
-    parser.add_argument(
-        "--optimizer",
-        dest="train.optimizer",
-        choices=("auto", *OPTIMIZERS),
-        help="auto (adam8bit on CUDA when bitsandbytes is installed, else adam), adam, or adam8bit, "
-        "bitsandbytes' 8-bit Adam (auto)",
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        dest="train.gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=f"recompute UNet activations in the backward pass: less memory, slower ({checkpointing})",
-    )
-    parser.add_argument(
-        "--checkpoint-every", dest="train.checkpoint_every", type=int, help="steps between checkpoints (1000)"
-    )
-    parser.add_argument(
-        "--validate-every",
-        dest="train.validate_every",
-        type=int,
-        help="steps between validation grids (0: none)",
-    )
-    parser.add_argument("--max-steps", dest="train.max_steps", type=int, help="stop after N steps (0: all)")
-    parser.add_argument("--seed", dest="run.seed", type=int, help="seed (0)")
-    parser.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
-    parser.add_argument(
-        "--resume",
-        dest="train.init_from",
-        action="store_const",
-        const="resume",
-        help=f"continue from the last checkpoint in {work}/checkpoints",
-    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, kind: str) -> torch.optim.Optimizer:

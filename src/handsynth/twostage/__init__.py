@@ -1,11 +1,30 @@
-"""Two-stage pose-conditioned generation (Pelykh, Sincan, Bowden; seed 004), being built.
+"""Two-stage pose-conditioned generation (Pelykh, Sincan, Bowden; seed 004), in the paper's Fig. 2 order:
 
-What will live here, one module per part of the paper:
-- the two-stage dataset: whole-body poses, OpenPose condition images, finger heatmaps, hand masks
-  and hand crops (§III, §IV-A);
-- stage 1, the multi-task hand generator: a UNet with a widened conv_in and a mask head (§III-B), in
-  `hand_model`, `hand_data`, `hand_trainer`, `hand_pipeline` and `hand_generate` (`handsynth handgen`);
-- stage 2, the ControlNet + LoRA body outpainter and its canvas (§III-C);
-- the sampler with sequential mask expansion (§III-D) and the pose -> image pipeline;
-- the pose metrics (DAP, MPJPE) and the blending ablation (§IV-C to §IV-E).
+- `data`: the dataset (§III-A, §IV-A): whole-body poses, hand masks, hand crops, finger heatmaps;
+- `handgen`: stage 1, the multi-task hand generator (§III-B);
+- `outpaint`: stage 2, the ControlNet + LoRA body outpainter and sequential blending (§III-C, §III-D);
+- here: the whole pose -> image pipeline (`pipeline`), resumable generation (`generate`), the
+  evaluation with DAP, MPJPE, FID/KID fg and CLIPSIM (`evaluate`, §IV-B) and the blending ablation
+  (`ablation`, §IV-E); the commands are in `cli`.
 """
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
+    from handsynth.twostage.pipeline import TwoStagePipeline
+
+__all__ = ["HandGeneratorPipeline", "TwoStagePipeline"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so that `import handsynth.twostage.data.crops` does not load diffusers
+    if name == "HandGeneratorPipeline":
+        from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
+
+        return HandGeneratorPipeline
+    if name == "TwoStagePipeline":
+        from handsynth.twostage.pipeline import TwoStagePipeline
+
+        return TwoStagePipeline
+    raise AttributeError(f"module 'handsynth.twostage' has no attribute {name!r}")

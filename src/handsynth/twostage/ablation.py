@@ -18,8 +18,8 @@ from PIL import Image
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.twostage.blending import BLENDINGS
 from handsynth.twostage.generate import PoseJob, generate_twostage, load_pipeline
+from handsynth.twostage.outpaint.blending import BLENDINGS
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_blending_ablation(
 
     `made` maps a mode to a samples folder already generated for these jobs with that blending (the
     run's own generation): it is evaluated as it is, not drawn again."""
-    from handsynth.evaluation.evaluate_twostage import evaluate_samples
+    from handsynth.twostage.evaluate import evaluate_samples
 
     modes = list(config.twostage.ablation)
     check_modes(modes)

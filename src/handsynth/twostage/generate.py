@@ -32,9 +32,10 @@ from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
-from handsynth.twostage.paths import default_handgen_dir, default_lora_dir
-from handsynth.twostage.sampler import SAMPLING_KEYS
-from handsynth.twostage.skeleton import draw_openpose
+from handsynth.twostage.data.skeleton import draw_openpose
+from handsynth.twostage.handgen.pipeline import default_handgen_dir
+from handsynth.twostage.outpaint.models import default_lora_dir
+from handsynth.twostage.outpaint.sampler import SAMPLING_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def lora_dir(config: Config) -> Path | None:
 
 def default_poses(config: Config) -> Path:
     """twostage.poses, else the two-stage dataset (its images.jsonl; the test split is read)."""
-    from handsynth.twostage.dataset import default_output_dir
+    from handsynth.twostage.data.dataset import default_output_dir
 
     return Path(config.twostage.poses or default_output_dir(config))
 

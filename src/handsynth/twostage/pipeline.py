@@ -29,12 +29,12 @@ from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.canvas import Canvas, DrawnHand, place_hands
-from handsynth.twostage.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
-from handsynth.twostage.hand_pipeline import HandGeneratorPipeline
-from handsynth.twostage.outpaint_models import DEFAULT_BASE, DEFAULT_CONTROLNET
-from handsynth.twostage.outpainter import Outpainter
-from handsynth.twostage.sampler import OutpaintResult
+from handsynth.twostage.data.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
+from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
+from handsynth.twostage.outpaint.canvas import Canvas, DrawnHand, place_hands
+from handsynth.twostage.outpaint.models import DEFAULT_BASE, DEFAULT_CONTROLNET
+from handsynth.twostage.outpaint.outpainter import Outpainter
+from handsynth.twostage.outpaint.sampler import OutpaintResult
 
 log = logging.getLogger(__name__)
 

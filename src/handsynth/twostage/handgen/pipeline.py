@@ -30,10 +30,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from handsynth import files, hub
+from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hub import execution_device, resolve_device
 from handsynth.training.diffusion import PromptEncoder, ddim_scheduler, vae_scale
-from handsynth.twostage.hand_model import (
+from handsynth.twostage.data.heatmaps import finger_heatmaps
+from handsynth.twostage.handgen.model import (
     CONDITION_CHANNELS,
     HEATMAP_CHANNELS,
     LATENT_CHANNELS,
@@ -42,12 +44,16 @@ from handsynth.twostage.hand_model import (
     condition_tensor,
     size_multiple,
 )
-from handsynth.twostage.heatmaps import finger_heatmaps
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "handgen.json"
 MASK_THRESHOLD = 0.5
+
+
+def default_handgen_dir(config: Config) -> Path:
+    """handgen.model_dir, else <run>/models/handgen."""
+    return Path(config.handgen.model_dir or Path(config.run.output_dir) / "models" / "handgen")
 
 
 @dataclass

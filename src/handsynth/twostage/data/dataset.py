@@ -44,9 +44,9 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
-from handsynth.twostage.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
-from handsynth.twostage.extract import PoseRun, detect_poses, summarize
-from handsynth.twostage.masks import make_masker, read_mask
+from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
+from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
+from handsynth.twostage.data.masks import make_masker, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,7 @@ def _mean(values: list) -> float | None:
 
 
 def _write_sheet(out: Path, image_rows: list[dict], hand_rows: list[dict]) -> None:
-    from handsynth.twostage.sheet import contact_sheet
+    from handsynth.twostage.data.sheet import contact_sheet
 
     if image_rows:
         files.save_image(out / "contact_sheet.png", contact_sheet(out, image_rows, hand_rows))

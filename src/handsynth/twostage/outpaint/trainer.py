@@ -17,7 +17,6 @@ LoRA folder (`save_lora`). Runs under `accelerate launch` (DDP): each process ta
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from handsynth.config import Config, add_config_arguments, config_from_args
+from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.wholebody import check_pose
@@ -46,21 +45,22 @@ from handsynth.training.diffusion import (
 )
 from handsynth.training.trainer import (
     Trainer,
-    add_training_arguments,
     check_settings,
     keys_digest,
     make_accelerator,
     resolve_auto_settings,
 )
-from handsynth.twostage.blending import check_blend_settings
-from handsynth.twostage.canvas import canvas_from_mask, latent_mask
-from handsynth.twostage.dataset import default_output_dir, read_image_rows
-from handsynth.twostage.outpaint_models import (
+from handsynth.twostage.data.dataset import default_output_dir, read_image_rows
+from handsynth.twostage.data.skeleton import VARIANTS, draw_openpose
+from handsynth.twostage.outpaint.blending import check_blend_settings
+from handsynth.twostage.outpaint.canvas import canvas_from_mask, latent_mask
+from handsynth.twostage.outpaint.models import (
     LORA_TARGETS,
     OutpaintModels,
     add_lora,
     check_unet,
     condition_pixels,
+    default_lora_dir,
     encode_mean,
     load_controlnet,
     mask_input,
@@ -70,8 +70,6 @@ from handsynth.twostage.outpaint_models import (
     predict_noise,
     save_lora,
 )
-from handsynth.twostage.paths import default_lora_dir
-from handsynth.twostage.skeleton import VARIANTS, draw_openpose
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +218,7 @@ class OutpaintTrainer(Trainer):
 
     def validation_grid(self) -> Image.Image | None:
         """One row per validation image: canvas | condition | outpainted | ground truth, seeded."""
-        from handsynth.twostage.sampler import outpaint, sampling_settings
+        from handsynth.twostage.outpaint.sampler import outpaint, sampling_settings
 
         settings = self.config.outpaint
         models = self.sampling_models()
@@ -384,48 +382,3 @@ def train_outpainter(
 
 
 # ------------------------------------------------------------------------------------------ CLI
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "outpaint",
-        help="the two-stage method's body outpainter (stage 2)",
-        description="Train the LoRA of the ControlNet body outpainter (seed 004 §III-C).",
-    )
-    commands = parser.add_subparsers(dest="outpaint_command", required=True, metavar="SUBCOMMAND")
-    train = commands.add_parser(
-        "train",
-        help="train the outpainter's LoRA on the two-stage dataset",
-        description="Train a LoRA on the OpenPose ControlNet to rebuild whole images from canvases that "
-        "hold only their hands (images.jsonl of `handsynth pose build`). Writes the LoRA folder and "
-        "<output-dir>/train/outpaint/ (loss.jsonl, checkpoints, validation grids). Runs under "
-        "`accelerate launch`.",
-    )
-    add_config_arguments(train)
-    train.add_argument(
-        "--data-dir", type=Path, help="two-stage dataset with images.jsonl (default pose.output_dir)"
-    )
-    train.add_argument(
-        "--lora-dir",
-        dest="outpaint.lora_dir",
-        help="output LoRA folder (default <output-dir>/models/outpaint-lora)",
-    )
-    train.add_argument("--base", dest="outpaint.base", help="SD inpainting (or SD) hub id or folder")
-    train.add_argument(
-        "--controlnet", dest="outpaint.controlnet", help="OpenPose ControlNet hub id or folder"
-    )
-    train.add_argument("--lora-rank", dest="outpaint.lora_rank", type=int, help="LoRA rank (8)")
-    train.add_argument("--lora-alpha", dest="outpaint.lora_alpha", type=int, help="LoRA alpha (8)")
-    train.add_argument("--lr", dest="outpaint.lr", type=float, help="learning rate (1e-4)")
-    train.add_argument("--batch-size", dest="outpaint.batch_size", type=int, help="batch per process (16)")
-    train.add_argument("--epochs", dest="outpaint.epochs", type=int, help="passes over the images (1)")
-    train.add_argument("--max-images", dest="outpaint.max_images", type=int, help="use the first N (0: all)")
-    add_training_arguments(train, "<output-dir>/train/outpaint")
-    train.set_defaults(func=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    folder = train_outpainter(config, args.data_dir)
-    log.info("outpainter LoRA -> %s", folder)
-    return 0

@@ -168,7 +168,7 @@ def _features_section(out: Path, gestures: list[str]) -> str:
 
 
 def _metrics_section(out: Path, gestures: list[str]) -> str:
-    from handsynth.evaluation.evaluate import headline
+    from handsynth.hand1000.evaluate import headline
 
     rows, grids = [], []
     for gesture in gestures:
@@ -210,7 +210,7 @@ def _figure(out: Path, path: Path, caption: str) -> str:
 
 
 def _twostage_section(out: Path, data_dir: Path) -> str:
-    from handsynth.evaluation.evaluate_twostage import METRIC_LABELS, headline
+    from handsynth.twostage.evaluate import METRIC_LABELS, headline
 
     root, parts = out / "twostage", []
     data = _read_json(data_dir / "report.json")

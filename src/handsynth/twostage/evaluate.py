@@ -150,7 +150,7 @@ def check_records(records: Sequence[dict]) -> list[dict]:
 
 def real_image_paths(manifest: str | os.PathLike, split: str = "test") -> list[Path]:
     """The images of `split` in a two-stage `images.jsonl` (or its folder), as paths."""
-    from handsynth.twostage.dataset import read_image_rows
+    from handsynth.twostage.data.dataset import read_image_rows
 
     manifest, rows = read_image_rows(manifest, split)
     return [manifest.parent / row["image"] for row in rows]
@@ -377,7 +377,7 @@ def evaluate_twostage(
 
 def _overlay(cell: np.ndarray, pose: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     """The cell with the pose's OpenPose skeleton drawn over it."""
-    from handsynth.twostage.skeleton import draw_openpose
+    from handsynth.twostage.data.skeleton import draw_openpose
 
     scaled = pose.copy()
     scaled[:, 0] *= scale[0]

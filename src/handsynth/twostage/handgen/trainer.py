@@ -47,7 +47,8 @@ from handsynth.training.trainer import (
     make_accelerator,
     resolve_auto_settings,
 )
-from handsynth.twostage.hand_data import (
+from handsynth.twostage.data.heatmaps import SIGMA_FRACTION
+from handsynth.twostage.handgen.data import (
     HandBatch,
     HandItem,
     augment,
@@ -55,21 +56,20 @@ from handsynth.twostage.hand_data import (
     load_batch,
     read_hand_items,
 )
-from handsynth.twostage.hand_model import (
+from handsynth.twostage.handgen.model import (
     HandGenerator,
     build_mask_head,
     mask_feature_module,
     size_multiple,
     widen_conv_in,
 )
-from handsynth.twostage.hand_pipeline import (
+from handsynth.twostage.handgen.pipeline import (
     HandGeneratorPipeline,
     hand_heatmaps,
     heatmap_picture,
     mask_picture,
     save_hand_generator,
 )
-from handsynth.twostage.heatmaps import SIGMA_FRACTION
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ settings, so evaluating a second model against the same real set re-reads none o
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -24,12 +23,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from handsynth import files
-from handsynth.config import Config, add_config_arguments, comma_list, config_from_args, save_config
+from handsynth.config import Config
 from handsynth.data.gestures import PHRASE_TEMPLATES
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics
 from handsynth.evaluation.common import check_shared_settings, format_value
-from handsynth.evaluation.evaluate_twostage import TWOSTAGE_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -371,150 +369,6 @@ def _markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="FID, KID, FID-H, KID-H, HAND-CONF, CLIPSIM and gesture accuracy of generated images",
-        description="Compare generated images with real ones. Writes report.json, report.md and "
-        "samples.png per gesture; Inception features are cached so a second model re-reads no real image.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--method",
-        choices=("hand1000", "twostage"),
-        default="hand1000",
-        help="hand1000 (per gesture) or twostage (DAP, DAP-hands, MPJPE, MPJPE-hands, FID/KID at 192, 768 "
-        "and 2048 dims, their fg variants, CLIPSIM; evaluate.twostage_metrics)",
-    )
-    parser.add_argument(
-        "--real",
-        type=Path,
-        metavar="DIR",
-        help="dataset folder (test.jsonl) or image folder (default <run>/dataset); twostage: the "
-        "two-stage dataset (images.jsonl, default <run>/twostage-data)",
-    )
-    parser.add_argument(
-        "--generated",
-        type=Path,
-        metavar="DIR",
-        help="samples folder (<gesture>/records.jsonl) or image folder (default <run>/samples); twostage: "
-        "a `twostage generate` folder (default <run>/twostage/samples)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="report folder (default <run>/eval, twostage <run>/twostage/eval)",
-    )
-    parser.add_argument(
-        "--gesture",
-        action="append",
-        help="gesture to evaluate (repeatable; default every data.gestures entry with samples; "
-        "'none' compares the two folders as they are)",
-    )
-    parser.add_argument(
-        "--inception-weights",
-        dest="evaluate.inception_weights",
-        metavar="PTH",
-        help=f"{inception.WEIGHTS_NAME} (default ${inception.WEIGHTS_ENV}, "
-        f"then {inception.default_weights_path()})",
-    )
-    parser.add_argument(
-        "--preprocess",
-        dest="evaluate.preprocess",
-        choices=inception.PREPROCESS_MODES,
-        help="clean (PIL bicubic, clean-fid) or reference (Resize+CenterCrop, as the Hand1000 scripts); "
-        "the input normalisation follows the weights",
-    )
-    parser.add_argument(
-        "--feature-dim",
-        dest="evaluate.feature_dim",
-        type=int,
-        choices=inception.TAPS,
-        help="Inception tap (2048)",
-    )
-    parser.add_argument("--kid-subsets", dest="evaluate.kid_subsets", type=int, help="KID subsets (100)")
-    parser.add_argument(
-        "--kid-subset-size", dest="evaluate.kid_subset_size", type=int, help="KID subset size (1000)"
-    )
-    parser.add_argument(
-        "--kid-estimator",
-        dest="evaluate.kid_estimator",
-        choices=metrics.KID_ESTIMATORS,
-        help="unbiased, or reference (biased, diagonal kept, as the official scripts)",
-    )
-    parser.add_argument(
-        "--hand-crop",
-        dest="evaluate.hand_crop",
-        choices=metrics.HAND_CROP_MODES,
-        help="FID-H crops (reference)",
-    )
-    parser.add_argument(
-        "--hand-crop-margin", dest="evaluate.hand_crop_margin", type=float, help="per-hand crop margin (0.25)"
-    )
-    parser.add_argument("--clip-model", dest="evaluate.clip_model", help="CLIP hub id or folder for CLIPSIM")
-    parser.add_argument(
-        "--metrics",
-        dest="evaluate.metrics",
-        type=comma_list,
-        help=f"comma-separated subset of {','.join(ALL_METRICS)} (default all); with --method twostage, "
-        f"of {','.join(TWOSTAGE_METRICS)}",
-    )
-    parser.add_argument("--cache-dir", dest="evaluate.cache_dir", help="feature cache (default <run>/cache)")
-    parser.add_argument(
-        "--batch-size", dest="evaluate.batch_size", type=int, help="Inception/CLIP batch (32)"
-    )
-    parser.add_argument("--device", dest="run.device", help="auto, cpu, cuda or cuda:N")
-    parser.set_defaults(func=run_evaluate)
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    run = Path(config.run.output_dir)
-    if args.method == "twostage":
-        return run_evaluate_twostage(args, config)
-    real = args.real or run / "dataset"
-    generated = args.generated or run / "samples"
-    out = args.out or run / "eval"
-    gestures: list[str | None]
-    if args.gesture == ["none"]:
-        gestures = [None]
-    elif args.gesture:
-        gestures = list(args.gesture)
-    else:
-        gestures = [g for g in config.data.gestures if (Path(generated) / g).is_dir()] or [None]
-    save_config(config, out / "config.toml")
-    summary = {}
-    for gesture in gestures:
-        report = evaluate(config, real, generated, out / gesture if gesture else out, gesture)
-        summary[gesture or "all"] = headline(report)
-    if len(gestures) > 1:
-        files.write_json(out / "summary.json", summary)
-    for name, values in summary.items():
-        log.info("%s: %s", name, ", ".join(f"{k}={format_value(v)}" for k, v in values.items()))
-    return 0
-
-
-def run_evaluate_twostage(args: argparse.Namespace, config: Config) -> int:
-    from handsynth.evaluation.evaluate_twostage import evaluate_samples
-    from handsynth.evaluation.evaluate_twostage import headline as twostage_headline
-    from handsynth.twostage.dataset import default_output_dir
-
-    run = Path(config.run.output_dir)
-    out = args.out or run / "twostage" / "eval"
-    save_config(config, out / "config.toml")
-    generated = args.generated or run / "twostage" / "samples"
-    if args.gesture:
-        raise HandsynthError("--gesture is for --method hand1000; the two-stage method has no gestures")
-    if getattr(args, "evaluate.feature_dim", None):
-        raise HandsynthError("--feature-dim is for --method hand1000; set evaluate.twostage_feature_dims")
-    wanted = getattr(args, "evaluate.metrics", None)  # --metrics names two-stage metrics here
-    report = evaluate_samples(config, generated, args.real or default_output_dir(config), out, wanted)
-    headline = twostage_headline(report)
-    log.info("two-stage: %s", ", ".join(f"{k}={format_value(v)}" for k, v in headline.items()))
-    return 0
 
 
 def headline(report: dict) -> dict[str, float | None]:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
-from handsynth.twostage.hand_pipeline import (
+from handsynth.twostage.handgen.pipeline import (
     HandGeneratorPipeline,
     hand_heatmaps,
     heatmap_picture,

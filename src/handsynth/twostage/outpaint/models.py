@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from handsynth import files, hub
-from handsynth.config import OutpaintSection
+from handsynth.config import Config, OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import ddim_scheduler, load_base_models, vae_scale
 
@@ -32,6 +32,11 @@ LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_META = "outpaint.json"
 UNET_CHANNELS = (4, 9)
+
+
+def default_lora_dir(config: Config) -> Path:
+    """outpaint.lora_dir, else <run>/models/outpaint-lora."""
+    return Path(config.outpaint.lora_dir or Path(config.run.output_dir) / "models" / "outpaint-lora")
 
 
 @dataclass

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.blending import blend, blend_masks, check_blend_settings
-from handsynth.twostage.canvas import latent_mask
-from handsynth.twostage.outpaint_models import (
+from handsynth.twostage.outpaint.blending import blend, blend_masks, check_blend_settings
+from handsynth.twostage.outpaint.canvas import latent_mask
+from handsynth.twostage.outpaint.models import (
     OutpaintModels,
     condition_pixels,
     encode_mean,

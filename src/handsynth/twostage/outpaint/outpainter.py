@@ -19,8 +19,9 @@ from handsynth.errors import HandsynthError
 from handsynth.hub import resolve_device
 from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.canvas import Canvas, small_hands
-from handsynth.twostage.outpaint_models import (
+from handsynth.twostage.data.skeleton import draw_openpose
+from handsynth.twostage.outpaint.canvas import Canvas, small_hands
+from handsynth.twostage.outpaint.models import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET,
     OutpaintModels,
@@ -28,8 +29,7 @@ from handsynth.twostage.outpaint_models import (
     load_outpaint_models,
     warn_if_trained_elsewhere,
 )
-from handsynth.twostage.sampler import OutpaintResult, outpaint, sampling_settings
-from handsynth.twostage.skeleton import draw_openpose
+from handsynth.twostage.outpaint.sampler import OutpaintResult, outpaint, sampling_settings
 
 
 class Outpainter:

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from handsynth.errors import HandsynthError
-from handsynth.twostage.heatmaps import NUM_CHANNELS as HEATMAP_CHANNELS
+from handsynth.twostage.data.heatmaps import NUM_CHANNELS as HEATMAP_CHANNELS
 
 LATENT_CHANNELS = 4
 CONDITION_CHANNELS = HEATMAP_CHANNELS + 1  # the heatmaps, then the mask

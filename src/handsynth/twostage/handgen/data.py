@@ -17,8 +17,8 @@ from PIL import Image
 
 from handsynth import files
 from handsynth.errors import HandsynthError
-from handsynth.twostage.hand_model import HEATMAP_CHANNELS, condition_tensor
-from handsynth.twostage.heatmaps import dequantize
+from handsynth.twostage.data.heatmaps import dequantize
+from handsynth.twostage.handgen.model import HEATMAP_CHANNELS, condition_tensor
 
 # Augmentation (seed 004 §IV-A: "RGB value shifting and random brightness and contrast changes"; the
 # paper gives no ranges): albumentations' defaults, RGBShift ±20/255 per channel and

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from handsynth.perception.wholebody import HANDS, hand_box
-from handsynth.twostage.heatmaps import finger_heatmaps, quantize
+from handsynth.twostage.data.heatmaps import finger_heatmaps, quantize
 
 CROP_MARGIN = 0.25
 MIN_HAND_POINTS = 2  # a hand with fewer present keypoints has no box to crop

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from handsynth.twostage.heatmaps import dequantize
-from handsynth.twostage.skeleton import draw_openpose
+from handsynth.twostage.data.heatmaps import dequantize
+from handsynth.twostage.data.skeleton import draw_openpose
 
 COLUMNS = ("image", "skeleton", "hand / person mask", "crop + heatmaps")
 HEADER = 22
