@@ -198,7 +198,7 @@ class HandgenTrainer(Trainer):
     # --- the result
 
     def save_model(self, model_dir: Path, settings: dict[str, Any]) -> None:
-        """The hand-generator folder (see `hand_pipeline`), written by the main process."""
+        """The hand-generator folder (see `handgen.pipeline`), written by the main process."""
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model, keep_fp32_wrapper=False)
