@@ -393,7 +393,15 @@ def build_pose_dataset(
         config = dataclasses.replace(config, pose=dataclasses.replace(pose, captioner="metadata"))
         pose = config.pose
     _check_settings(out, config)
-    index = read_source(config, source, out, progress)
+
+    def detect(
+        paths: list[Path],
+    ) -> PoseRun:  # the pose step's call too: frames the reader keeps are cache hits
+        return detect_poses(
+            paths, out / "cache", pose.workers, person_masks=True, progress=progress, label=out.name
+        )
+
+    index = read_source(config, source, out, detect, progress)
     groups = pose.gestures if pose.source_format == "hagrid" else index.groups
     items, available = [], {}
     for gesture in groups:
@@ -425,9 +433,7 @@ def build_pose_dataset(
 
     log.info("[pose 2/5] whole-body poses: %d of %d image(s) from MediaPipe", len(to_detect), len(items))
     paths = list(dict.fromkeys(item.record.image_path for item in to_detect))
-    poses = detect_poses(
-        paths, out / "cache", pose.workers, person_masks=True, progress=progress, label=out.name
-    )
+    poses = detect(paths)
 
     log.info("[pose 3/5] masks, square images and hand crops")
     masker = None

@@ -13,6 +13,7 @@ Each reader's module cites the release it follows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from handsynth.config import Config
@@ -31,9 +32,12 @@ def check_format(fmt: str) -> None:
         raise HandsynthError(f"pose.source_format '{fmt}' is not one of: {', '.join(FORMATS)}")
 
 
-def read_source(config: Config, source: Path, work: Path, progress: bool = True):
-    """The records of `source` in `pose.source_format`: a HagridIndex or a SourceIndex (`work` is the
-    dataset folder, where YouTube-ASL's frames and poses go)."""
+def read_source(
+    config: Config, source: Path, work: Path, detect: Callable | None = None, progress: bool = True
+):
+    """The records of `source` in `pose.source_format`: a HagridIndex or a SourceIndex. `work` is the
+    dataset folder, where YouTube-ASL's frames go, and `detect(paths) -> PoseRun` finds their poses (the
+    build's twostage.data.extract.detect_poses with its cache)."""
     pose = config.pose
     check_format(pose.source_format)
     if pose.source_format == "hagrid":
@@ -58,4 +62,6 @@ def read_source(config: Config, source: Path, work: Path, progress: bool = True)
         return read_image_folder(source)
     from handsynth.twostage.data.sources.youtube_asl import read_youtube_asl
 
-    return read_youtube_asl(source, work, pose.frames_per_video, pose.workers, progress)
+    if detect is None:
+        raise HandsynthError("reading YouTube-ASL needs a pose detector to find the frames with both hands")
+    return read_youtube_asl(source, work, pose.frames_per_video, detect, progress)

@@ -24,13 +24,14 @@ import numpy as np
 
 from handsynth.errors import HandsynthError
 from handsynth.twostage.data.sources.records import (
-    VISIBLE,
     SourceIndex,
     SourceRecord,
+    hand_keypoints,
     hands_caption,
     malformed,
     read_json,
     sequence_captions,
+    to_pixels,
     two_hands_pose,
 )
 
@@ -43,25 +44,21 @@ MEDIAPIPE_FROM_INTERHAND = np.array([20] + [4 * finger + 3 - k for finger in ran
 
 def project(world: np.ndarray, campos, camrot, focal, princpt) -> np.ndarray:
     """(N, 3) world points (mm) -> (N, 3) pixel x, y and camera depth z."""
-    cam = (np.asarray(camrot, np.float64) @ (world - np.asarray(campos, np.float64)).T).T
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = cam[:, :2] / z[:, None] * np.asarray(focal, np.float64) + np.asarray(princpt, np.float64)
-    return np.c_[xy, z]
+    return to_pixels(
+        (np.asarray(camrot, np.float64) @ (world - np.asarray(campos, np.float64)).T).T, focal, princpt
+    )
 
 
 def hands_from_42(pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(right, left) hands in MediaPipe's order from InterHand2.6M's 42 joints (pixels (42, 3): x, y, z)."""
     hands = []
     for first in (0, JOINTS_PER_HAND):  # right, then left
-        joints = pixels[first : first + JOINTS_PER_HAND][MEDIAPIPE_FROM_INTERHAND]
-        seen = valid[first : first + JOINTS_PER_HAND][MEDIAPIPE_FROM_INTERHAND] & (joints[:, 2] > 0)
-        if not seen[0]:  # no wrist: the official loader drops the whole hand
-            seen[:] = False
-        hand = np.zeros((JOINTS_PER_HAND, 3), np.float32)
-        hand[seen, :2] = joints[seen, :2]
-        hand[seen, 2] = VISIBLE
-        hands.append(hand)
+        labelled = valid[first : first + JOINTS_PER_HAND][MEDIAPIPE_FROM_INTERHAND]
+        if not labelled[0]:  # no wrist: the official loader drops the whole hand
+            labelled = np.zeros_like(labelled)
+        hands.append(
+            hand_keypoints(pixels[first : first + JOINTS_PER_HAND][MEDIAPIPE_FROM_INTERHAND], labelled)
+        )
     return hands[0], hands[1]
 
 

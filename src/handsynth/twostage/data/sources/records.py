@@ -51,6 +51,28 @@ def read_json(path: Path, what: str):
         raise HandsynthError(f"cannot read {what} {path}: {exc}") from None
 
 
+def to_pixels(camera_points: np.ndarray, focal, princpt) -> np.ndarray:
+    """(N, 3) camera coordinates -> (N, 3) pixel x, y (pinhole: u = f x / z + c) and the depth z."""
+    z = camera_points[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):  # z = 0 gives inf, then v = 0 for that point
+        xy = camera_points[:, :2] / z[:, None] * np.asarray(focal, np.float64) + np.asarray(
+            princpt, np.float64
+        )
+    return np.c_[xy, z]
+
+
+def hand_keypoints(points: np.ndarray, labelled: np.ndarray | None = None) -> np.ndarray:
+    """(21, 3) x, y, v of a hand from its (21, 3) projected x, y, depth in MediaPipe's order: a point is
+    visible when labelled and in front of the camera, absent (0, 0, 0) otherwise."""
+    seen = points[:, 2] > 0
+    if labelled is not None:
+        seen &= labelled
+    hand = np.zeros((len(points), 3), np.float32)
+    hand[seen, :2] = points[seen, :2]
+    hand[seen, 2] = VISIBLE
+    return hand
+
+
 def two_hands_pose(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     """A (133, 3) COCO-WholeBody pose holding only two hands, each (21, 3) in MediaPipe's order
     (x, y, v; v = 0 marks an absent point)."""

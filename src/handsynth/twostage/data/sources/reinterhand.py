@@ -22,13 +22,14 @@ import numpy as np
 
 from handsynth.errors import HandsynthError
 from handsynth.twostage.data.sources.records import (
-    VISIBLE,
     SourceIndex,
     SourceRecord,
+    hand_keypoints,
     hands_caption,
     malformed,
     read_json,
     sequence_captions,
+    to_pixels,
     two_hands_pose,
 )
 
@@ -46,23 +47,16 @@ GROUP = "interacting"
 
 def project(world: np.ndarray, R, t, focal, princpt) -> np.ndarray:  # noqa: N803 (the release's names)
     """(N, 3) world points (mm) -> (N, 3) pixel x, y and camera depth z."""
-    cam = (np.asarray(R, np.float64) @ world.T).T + np.asarray(t, np.float64).reshape(1, 3)
-    z = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = cam[:, :2] / z[:, None] * np.asarray(focal, np.float64) + np.asarray(princpt, np.float64)
-    return np.c_[xy, z]
+    return to_pixels(
+        (np.asarray(R, np.float64) @ world.T).T + np.asarray(t, np.float64).reshape(1, 3), focal, princpt
+    )
 
 
 def _hand(path: Path, record: str, camera: dict) -> np.ndarray:
     world = np.asarray(read_json(path, "Re:InterHand keypoints"), dtype=np.float64)
     if world.shape != (JOINTS, 3) or not np.isfinite(world).all():
         raise malformed(path, record, f"{JOINTS} joints of finite x, y, z expected, got shape {world.shape}")
-    joints = project(world, **camera)[MEDIAPIPE_FROM_REINTERHAND]
-    hand = np.zeros((21, 3), np.float32)
-    seen = joints[:, 2] > 0
-    hand[seen, :2] = joints[seen, :2]
-    hand[seen, 2] = VISIBLE
-    return hand
+    return hand_keypoints(project(world, **camera)[MEDIAPIPE_FROM_REINTERHAND])
 
 
 def _cameras(path: Path) -> dict[str, dict]:

@@ -65,11 +65,8 @@ def sample_frames(video: Path, count: int, folder: Path) -> list[Path]:
     return paths
 
 
-def read_youtube_asl(
-    root: Path, work: Path, per_video: int, workers: int, progress: bool = True
-) -> SourceIndex:
-    from handsynth.twostage.data.extract import detect_poses
-
+def read_youtube_asl(root: Path, work: Path, per_video: int, detect, progress: bool = True) -> SourceIndex:
+    """The videos' frames with both hands; `detect(paths) -> PoseRun` finds their poses."""
     videos = sorted(p for p in root.iterdir() if p.suffix.lower() in SUFFIXES)
     if not videos:
         raise HandsynthError(
@@ -82,7 +79,7 @@ def read_youtube_asl(
         for video in tqdm(videos, desc="sampling video frames", unit="video", disable=not progress)
     }
     paths = [p for video_frames in frames.values() for p in video_frames]
-    poses = detect_poses(paths, work / "cache", workers, person_masks=True, progress=progress, label="frames")
+    poses = detect(paths)
     records, dropped = [], 0
     for video, video_frames in frames.items():
         both = [p for p in video_frames if _both_hands(poses.poses.get(p))]
