@@ -152,10 +152,22 @@ def test_a_malformed_reinterhand_record_is_named(tmp_path):
         read_source(_config(tmp_path, root, "reinterhand"), root, tmp_path / "out")
 
 
-def test_pose_build_on_reinterhand(tmp_path, monkeypatch):
+def test_pose_build_command_on_reinterhand(tmp_path, monkeypatch, capsys):
     _refuse_holistic(monkeypatch)
     root = write_reinterhand(tmp_path / "rih")
-    build_pose_dataset(_config(tmp_path / "run", root, "reinterhand"), progress=False)
+    settings = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
+    command = [
+        "pose",
+        "build",
+        "--format",
+        "reinterhand",
+        "--source",
+        str(root),
+        "--output-dir",
+        str(tmp_path / "run"),
+    ]
+    assert main([*command, *settings]) == 0
+    assert "3 images" in capsys.readouterr().out
     out = tmp_path / "run" / "twostage-data"
     assert _check_rows_against(out, reinterhand_expected(root), lambda key: key.rsplit("-", 1)[1]) == 3
 
