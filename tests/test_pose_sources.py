@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from source_fixtures import (
+    REINTERHAND_CAPTURE,
     interhand_expected,
     reinterhand_expected,
     write_interhand,
@@ -156,19 +157,15 @@ def test_pose_build_command_on_reinterhand(tmp_path, monkeypatch, capsys):
     _refuse_holistic(monkeypatch)
     root = write_reinterhand(tmp_path / "rih")
     settings = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
-    command = [
-        "pose",
-        "build",
-        "--format",
-        "reinterhand",
-        "--source",
-        str(root),
-        "--output-dir",
-        str(tmp_path / "run"),
-    ]
-    assert main([*command, *settings]) == 0
+    captions = tmp_path / "captions.json"
+    files.write_json(captions, {REINTERHAND_CAPTURE: "two hands with fingers interlaced"})
+    command = ["pose", "build", "--format", "reinterhand", "--source", str(root), "--captions", str(captions)]
+    assert main([*command, "--output-dir", str(tmp_path / "run"), *settings]) == 0
     assert "3 images" in capsys.readouterr().out
     out = tmp_path / "run" / "twostage-data"
+    assert {r["caption"] for r in files.read_jsonl(out / "images.jsonl")} == {
+        "two hands with fingers interlaced"
+    }
     assert _check_rows_against(out, reinterhand_expected(root), lambda key: key.rsplit("-", 1)[1]) == 3
 
 

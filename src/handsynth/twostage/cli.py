@@ -95,6 +95,15 @@ def add_pose_command(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--seed", dest="run.seed", type=int, metavar="N", help="selection seed (0)")
     build.add_argument(
+        "--captions",
+        dest="pose.captions",
+        metavar="FILE",
+        help="interhand/reinterhand: sequence -> caption JSON",
+    )
+    build.add_argument(
+        "--frames-per-video", dest="pose.frames_per_video", type=int, metavar="N", help="youtube_asl (40)"
+    )
+    build.add_argument(
         "--shard", metavar="K/N", default="1/1", help="build share K of N of the images into shard-K-of-N/"
     )
     _add_workers(build)
