@@ -394,9 +394,8 @@ def build_pose_dataset(
         pose = config.pose
     _check_settings(out, config)
 
-    def detect(
-        paths: list[Path],
-    ) -> PoseRun:  # the pose step's call too: frames the reader keeps are cache hits
+    # the pose step's call, which YouTube-ASL's reader makes first: the frames it keeps are cache hits
+    def detect(paths: list[Path]) -> PoseRun:
         return detect_poses(
             paths, out / "cache", pose.workers, person_masks=True, progress=progress, label=out.name
         )

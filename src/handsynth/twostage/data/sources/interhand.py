@@ -26,6 +26,7 @@ from handsynth.errors import HandsynthError
 from handsynth.twostage.data.sources.records import (
     SourceIndex,
     SourceRecord,
+    array,
     hand_keypoints,
     hands_caption,
     malformed,
@@ -38,15 +39,14 @@ from handsynth.twostage.data.sources.records import (
 SPLITS = ("train", "val", "test")
 HAND_TYPES = ("right", "left", "interacting")
 JOINTS_PER_HAND = 21
+CAMERA_SHAPES = {"campos": (3,), "camrot": (3, 3), "focal": (2,), "princpt": (2,)}
 # MediaPipe's point i is InterHand2.6M's joint MEDIAPIPE_FROM_INTERHAND[i] of the same hand
 MEDIAPIPE_FROM_INTERHAND = np.array([20] + [4 * finger + 3 - k for finger in range(5) for k in range(4)])
 
 
 def project(world: np.ndarray, campos, camrot, focal, princpt) -> np.ndarray:
     """(N, 3) world points (mm) -> (N, 3) pixel x, y and camera depth z."""
-    return to_pixels(
-        (np.asarray(camrot, np.float64) @ (world - np.asarray(campos, np.float64)).T).T, focal, princpt
-    )
+    return to_pixels((camrot @ (world - campos).T).T, focal, princpt)
 
 
 def hands_from_42(pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,24 +100,29 @@ def _record(root, split, ann, images, cameras, joints, captions, paths, name) ->
         raise malformed(paths["data"], name, f"its image_id {ann.get('image_id')} is not in 'images'")
     try:
         capture, camera, frame = str(image["capture"]), str(image["camera"]), str(image["frame_idx"])
-        camera_params = {k: cameras[capture][k][camera] for k in ("campos", "camrot", "focal", "princpt")}
+        file_name = image["file_name"]
     except KeyError as exc:
+        raise malformed(paths["data"], name, f"its image {image.get('id')} has no {exc}") from None
+    try:
+        camera_params = {k: cameras[capture][k][camera] for k in CAMERA_SHAPES}
+    except (KeyError, TypeError) as exc:
         raise malformed(
             paths["camera"], name, f"no camera entry {exc} for its image {image.get('id')}"
         ) from None
+    camera_params = {
+        k: array(v, CAMERA_SHAPES[k], paths["camera"], name, k) for k, v in camera_params.items()
+    }
     try:
-        world = np.asarray(joints[capture][frame]["world_coord"], dtype=np.float64)
-    except KeyError as exc:
+        world = joints[capture][frame]["world_coord"]
+    except (KeyError, TypeError) as exc:
         raise malformed(
             paths["joint_3d"], name, f"no 3D joints {exc} for capture {capture}, frame {frame}"
         ) from None
-    valid = np.asarray(ann.get("joint_valid", []), dtype=np.float64).reshape(-1)
-    if world.shape != (2 * JOINTS_PER_HAND, 3) or valid.shape != (2 * JOINTS_PER_HAND,):
-        raise malformed(
-            paths["joint_3d"] if world.shape != (42, 3) else paths["data"],
-            name,
-            f"42 joints of x, y, z and 42 joint_valid flags expected, got {world.shape} and {valid.shape}",
-        )
+    world = array(world, (2 * JOINTS_PER_HAND, 3), paths["joint_3d"], name, "world_coord")
+    valid = ann.get("joint_valid")
+    nested = isinstance(valid, list) and bool(valid) and isinstance(valid[0], list)  # 42 x [v], or 42 flags
+    shape = (2 * JOINTS_PER_HAND, 1) if nested else (2 * JOINTS_PER_HAND,)
+    valid = array(valid, shape, paths["data"], name, "joint_valid").reshape(-1)
     hand_type = ann.get("hand_type")
     if hand_type not in HAND_TYPES:
         raise malformed(paths["data"], name, f"hand_type must be one of {HAND_TYPES}, got {hand_type!r}")
@@ -125,7 +130,7 @@ def _record(root, split, ann, images, cameras, joints, captions, paths, name) ->
     sequence = image.get("seq_name", "")
     return SourceRecord(
         key=f"ih-{split}-{image['id']}",
-        image_path=root / "images" / split / image["file_name"],
+        image_path=root / "images" / split / file_name,
         gesture=hand_type,
         split=split,
         caption=captions.get(sequence) or hands_caption(hand_type),

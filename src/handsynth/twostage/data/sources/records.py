@@ -101,5 +101,23 @@ def hands_caption(hand_type: str) -> str:
     return "a photo of a person's two hands interacting"
 
 
+def array(value, shape: tuple[int, ...], path: Path, record: str, what: str) -> np.ndarray:
+    """`value` as a finite float64 array of `shape`, or the malformed-record error naming `what`."""
+    try:
+        out = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out.shape != shape or not np.isfinite(out).all():
+        got = (
+            "not numbers"
+            if out is None
+            else f"shape {out.shape}" + ("" if np.isfinite(out).all() else ", not finite")
+        )
+        raise malformed(
+            path, record, f"{what} must be {' x '.join(map(str, shape))} finite numbers, got {got}"
+        )
+    return out
+
+
 def malformed(path: Path, record: str, problem: str) -> HandsynthError:
     return HandsynthError(f"{path}: {record} is malformed: {problem}; fix or remove that record")

@@ -24,6 +24,7 @@ from handsynth.errors import HandsynthError
 from handsynth.twostage.data.sources.records import (
     SourceIndex,
     SourceRecord,
+    array,
     hand_keypoints,
     hands_caption,
     malformed,
@@ -43,30 +44,27 @@ MEDIAPIPE_FROM_REINTERHAND = np.array(
     [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22]
 )
 GROUP = "interacting"
+CAMERA_SHAPES = {"R": (3, 3), "t": (3,), "focal": (2,), "princpt": (2,)}
 
 
 def project(world: np.ndarray, R, t, focal, princpt) -> np.ndarray:  # noqa: N803 (the release's names)
     """(N, 3) world points (mm) -> (N, 3) pixel x, y and camera depth z."""
-    return to_pixels(
-        (np.asarray(R, np.float64) @ world.T).T + np.asarray(t, np.float64).reshape(1, 3), focal, princpt
-    )
+    return to_pixels((R @ world.T).T + t, focal, princpt)
 
 
 def _hand(path: Path, record: str, camera: dict) -> np.ndarray:
-    world = np.asarray(read_json(path, "Re:InterHand keypoints"), dtype=np.float64)
-    if world.shape != (JOINTS, 3) or not np.isfinite(world).all():
-        raise malformed(path, record, f"{JOINTS} joints of finite x, y, z expected, got shape {world.shape}")
+    world = array(read_json(path, "Re:InterHand keypoints"), (JOINTS, 3), path, record, "the joints")
     return hand_keypoints(project(world, **camera)[MEDIAPIPE_FROM_REINTERHAND])
 
 
 def _cameras(path: Path) -> dict[str, dict]:
-    params = read_json(path, "Re:InterHand cameras")
     cameras = {}
-    for name, values in params.items():
-        try:
-            cameras[name] = {k: np.asarray(values[k], np.float64) for k in ("R", "t", "focal", "princpt")}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise malformed(path, f"camera {name}", f"R, t, focal and princpt expected ({exc})") from None
+    for name, values in read_json(path, "Re:InterHand cameras").items():
+        if not isinstance(values, dict):
+            raise malformed(path, f"camera {name}", "an object of R, t, focal and princpt expected")
+        cameras[name] = {
+            k: array(values.get(k), shape, path, f"camera {name}", k) for k, shape in CAMERA_SHAPES.items()
+        }
     return cameras
 
 
