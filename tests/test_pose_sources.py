@@ -319,6 +319,7 @@ def test_a_youtube_asl_real_set_is_scored_on_full_images(youtube_build, tmp_path
 
 
 def test_pose_mix_draws_each_sources_count_keeping_its_gestures(tmp_path, capsys):
+    from handsynth.twostage.data.mix import hands_manifest
     from handsynth.twostage.handgen.data import read_hand_items
 
     interhand = tmp_path / "ih-data"
@@ -378,6 +379,19 @@ def test_pose_mix_draws_each_sources_count_keeping_its_gestures(tmp_path, capsys
     again, _ = mix(2, 6)
     assert again == rows  # seeded
     more, _ = mix(2, 9)
+    config = load_config(
+        overrides={
+            "run.output_dir": str(tmp_path / "run"),
+            "handgen.sources": [
+                {"dataset": str(interhand), "count": 2},
+                {"dataset": str(hagrid), "count": 6},
+            ],
+        }
+    )
+    assert (
+        hands_manifest(config) == tmp_path / "run" / "handgen-mix" / "hands.jsonl"
+    )  # what handgen train reads
+    assert files.read_jsonl(hands_manifest(config)) == rows
     assert {r["key"] for r in rows} <= {r["key"] for r in more}  # a larger count extends a smaller one
 
 
