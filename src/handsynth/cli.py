@@ -143,7 +143,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="DIR",
         help="dataset folder (test.jsonl) or image folder (default <run>/dataset); twostage: the "
-        "two-stage dataset (images.jsonl, default <run>/twostage-data)",
+        "two-stage dataset (images.jsonl, default <run>/twostage-data); a YouTube-ASL build is scored on "
+        "full images, without the fg metrics",
     )
     parser.add_argument(
         "--generated",

@@ -100,9 +100,11 @@ class PoseSection:
     """The two-stage dataset (`handsynth pose build`): whole images for the outpainter, hand crops for
     the hand generator (TWOSTAGE.md §2, §8, §9)."""
 
-    source: str = "synthetic"  # "synthetic", or a HaGRID folder (v1 or v2 layout)
-    gestures: list[str] = field(default_factory=lambda: list(PAPER_GESTURES))
-    n_train: int = 1000  # images per gesture
+    source: str = "synthetic"  # "synthetic", or a folder in pose.source_format
+    # hagrid (v1/v2) | interhand (InterHand2.6M) | reinterhand | laion_human (HumanSD) | images | youtube_asl
+    source_format: str = "hagrid"
+    gestures: list[str] = field(default_factory=lambda: list(PAPER_GESTURES))  # hagrid only
+    n_train: int = 1000  # images per gesture (other formats: per group, e.g. InterHand2.6M's hand type)
     n_test: int = 1000
     image_size: int = 512  # whole images, square
     crop_size: int = 512  # hand crops, square
@@ -116,6 +118,10 @@ class PoseSection:
     caption_batch_size: int = 4
     workers: int = 2  # Holistic worker processes
     output_dir: str = ""  # empty: <run.output_dir>/twostage-data
+    captions: str = (
+        ""  # interhand/reinterhand: JSON of sequence -> caption; empty: a template naming the hand
+    )
+    frames_per_video: int = 40  # youtube_asl: frames kept per video, each with both hands (2,000 / 50 videos)
 
 
 @dataclass
@@ -134,6 +140,10 @@ class HandgenSection:
     size: int = 0  # `handgen generate` image side in px; 0: the model's training resolution
     sample_batch_size: int = 4  # hands per batch in `handgen generate`
     model_dir: str = ""  # the hand generator's folder; empty: <run.output_dir>/models/handgen
+    # a mixed training set: [{dataset = "<pose build folder>", count = N}, ...], merged (seeded, each
+    # source's gesture distribution kept) into <run.output_dir>/handgen-mix/hands.jsonl; empty: the
+    # hands.jsonl of pose.output_dir
+    sources: list[dict] = field(default_factory=list)
 
 
 @dataclass

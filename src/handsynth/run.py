@@ -119,10 +119,10 @@ def _pose_data(config: Config, out: Path) -> dict:
 
 
 def _handgen(config: Config, out: Path) -> dict:
-    from handsynth.twostage.data.dataset import default_output_dir
+    from handsynth.twostage.data.mix import hands_manifest
     from handsynth.twostage.handgen.trainer import train_handgen
 
-    return {"model": str(train_handgen(config, default_output_dir(config) / "hands.jsonl", out))}
+    return {"model": str(train_handgen(config, hands_manifest(config), out))}
 
 
 def _outpaint(config: Config, out: Path) -> dict:

@@ -61,7 +61,15 @@ def add_pose_command(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(build)
     _add_dataset_dir(build)
-    build.add_argument("--source", dest="pose.source", metavar="DIR", help="HaGRID folder or 'synthetic'")
+    build.add_argument(
+        "--source", dest="pose.source", metavar="DIR", help="a folder in --format, or 'synthetic' (HaGRID)"
+    )
+    build.add_argument(
+        "--format",
+        dest="pose.source_format",
+        metavar="FORMAT",
+        help="hagrid | interhand | reinterhand | laion_human | images | youtube_asl (hagrid)",
+    )
     build.add_argument(
         "--gestures", dest="pose.gestures", metavar="LIST", type=comma_list, help="comma-separated gestures"
     )
@@ -87,6 +95,15 @@ def add_pose_command(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--seed", dest="run.seed", type=int, metavar="N", help="selection seed (0)")
     build.add_argument(
+        "--captions",
+        dest="pose.captions",
+        metavar="FILE",
+        help="interhand/reinterhand: sequence -> caption JSON",
+    )
+    build.add_argument(
+        "--frames-per-video", dest="pose.frames_per_video", type=int, metavar="N", help="youtube_asl (40)"
+    )
+    build.add_argument(
         "--shard", metavar="K/N", default="1/1", help="build share K of N of the images into shard-K-of-N/"
     )
     _add_workers(build)
@@ -102,6 +119,16 @@ def add_pose_command(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(merge)
     _add_dataset_dir(merge)
     merge.set_defaults(func=run_pose_merge)
+
+    mix = commands.add_parser(
+        "mix",
+        help="merge built datasets into the hand generator's mixed training set (handgen.sources)",
+        description="Draw each handgen.sources entry's count of train hand crops from its dataset (seeded, "
+        "its gesture distribution kept) into <output-dir>/handgen-mix/hands.jsonl, with report.json. "
+        "`handgen train` does this itself when handgen.sources is set.",
+    )
+    add_config_arguments(mix)
+    mix.set_defaults(func=run_pose_mix)
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +182,20 @@ def run_pose_merge(args: argparse.Namespace) -> int:
     counts = report["counts"]
     print(f"merged {len(report['shards'])} shards: {sum(counts['images'].values())} images, "
           f"{sum(counts['crops'].values())} hand crops -> {out}")  # fmt: skip
+    return 0
+
+
+def run_pose_mix(args: argparse.Namespace) -> int:
+    from handsynth.twostage.data.mix import mix_hand_sets
+
+    config = config_from_args(args)
+    if not config.handgen.sources:
+        raise HandsynthError("handgen.sources is empty; list the datasets to mix, each with a count")
+    manifest, report = mix_hand_sets(config)
+    for source in report["sources"]:
+        print(f"{source['dataset']}: {source['taken']} of {source['requested']} asked ({source['available']} "
+              f"available)")  # fmt: skip
+    print(f"{report['total']} hand crops -> {manifest}")
     return 0
 
 
@@ -261,12 +302,12 @@ def _add_handgen_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def run_handgen_train(args: argparse.Namespace) -> int:
-    from handsynth.twostage.data.dataset import default_output_dir
+    from handsynth.twostage.data.mix import hands_manifest
     from handsynth.twostage.handgen.trainer import train_handgen
 
     config = config_from_args(args, defaults=TRAIN_DEFAULTS)
     out = Path(config.run.output_dir)
-    hands = args.hands or default_output_dir(config) / "hands.jsonl"
+    hands = args.hands or hands_manifest(config)
     folder = train_handgen(config, hands, out)
     log.info("hand generator -> %s", folder)
     return 0

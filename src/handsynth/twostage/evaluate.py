@@ -9,6 +9,10 @@ Inputs:
   given (MediaPipe Holistic in practice); detections are rescaled to the ground truth's frame;
 - `segmenter(rgb) -> person mask (H, W) or None` (Holistic's segmentation, or SAM), for the fg metrics.
 
+A real set built from YouTube-ASL (`pose.source_format = "youtube_asl"`, seed 004 Table II) is scored on
+full images only: its videos have no background clutter, so the fg metrics are left out and the
+report says why.
+
 The same segmenter removes the background of the real and the generated images, so both sets carry the
 same mask errors. The background becomes black. An image where no person is found is all background:
 for a generated image that is a failure the fg metrics should see.
@@ -20,6 +24,7 @@ segmenter, without its background) and `detections.jsonl` (the detected pose of 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -52,6 +57,8 @@ METRIC_LABELS = {  # the report's keys, in its order, with the headers tables sh
 }
 TWOSTAGE_METRICS = tuple(METRIC_LABELS)
 POSE_METRICS = {"dap", "dap_hands", "mpjpe", "mpjpe_hands"}
+FG_METRICS = ("fid_fg", "kid_fg")
+FULL_IMAGE_FORMATS = ("youtube_asl",)  # no background clutter (seed 004 §IV-D): full images only
 BACKGROUND = (0, 0, 0)
 GRID_CELL = 160  # px per sample in samples.png, as Hand1000's evaluation grid
 
@@ -146,6 +153,30 @@ def check_records(records: Sequence[dict]) -> list[dict]:
         keypoints = check_pose(np.asarray(record["keypoints"], dtype=np.float32), f"ground truth of {name}")
         checked.append({**record, "keypoints": keypoints})
     return checked
+
+
+def real_source_format(manifest: str | os.PathLike) -> str | None:
+    """The `pose.source_format` a two-stage dataset was built from (its report.json), if it says."""
+    folder = Path(manifest)
+    report = (folder if folder.is_dir() else folder.parent) / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        return json.loads(report.read_text(encoding="utf-8")).get("source_format")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HandsynthError(
+            f"cannot read {report}: {exc}; rebuild the dataset with `handsynth pose build`"
+        ) from None
+
+
+def scored_metrics(wanted: Sequence[str], real_manifest: str | os.PathLike) -> list[str]:
+    """`wanted` less the fg metrics when the real set is full-image only (YouTube-ASL)."""
+    if real_source_format(real_manifest) not in FULL_IMAGE_FORMATS:
+        return list(wanted)
+    dropped = [m for m in wanted if m in FG_METRICS]
+    if dropped:
+        log.info("the real set is YouTube-ASL, scored on full images: %s left out", ", ".join(dropped))
+    return [m for m in wanted if m not in FG_METRICS]
 
 
 def real_image_paths(manifest: str | os.PathLike, split: str = "test") -> list[Path]:
@@ -272,6 +303,9 @@ def evaluate_twostage(
     from handsynth.hub import resolve_device
 
     ev = config.evaluate
+    full_images = real_source_format(real_manifest) in FULL_IMAGE_FORMATS
+    wanted = scored_metrics(wanted, real_manifest)
+    segmenter = None if full_images else segmenter  # not even the sample grid removes backgrounds
     dims = check_twostage_settings(config, wanted)
     if detector is None and POSE_METRICS & set(wanted):
         raise HandsynthError("DAP and MPJPE need a pose detector; pass one, or leave them out of the metrics")
@@ -282,7 +316,13 @@ def evaluate_twostage(
     device = resolve_device(config.run.device)
     report: dict[str, Any] = {
         "method": "twostage",
-        "real": {"manifest": str(real_manifest), "split": split, "images": len(real_paths)},
+        "real": {
+            "manifest": str(real_manifest),
+            "split": split,
+            "images": len(real_paths),
+            "source_format": real_source_format(real_manifest),
+            "full_images_only": full_images,
+        },
         "generated": {"images": len(records)},
         "settings": {
             "feature_dims": dims,
@@ -547,7 +587,7 @@ def evaluate_samples(
     person masks."""
     from handsynth.perception.pose import PoseDetector
 
-    wanted = list(wanted or config.evaluate.twostage_metrics)
+    wanted = scored_metrics(wanted or config.evaluate.twostage_metrics, real_manifest)
     records = read_samples(samples_dir)
     if keys is not None:
         chosen = set(keys)

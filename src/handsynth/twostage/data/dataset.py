@@ -23,6 +23,7 @@ Steps, each skipping finished work on a re-run:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.data.dataset import select_gesture
 from handsynth.data.gestures import check_gesture
-from handsynth.data.hagrid import HagridRecord, detect_layout, read_hagrid
+from handsynth.data.hagrid import HagridRecord, detect_layout
 from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
@@ -47,6 +48,7 @@ from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
 from handsynth.twostage.data.masks import make_masker, read_mask
+from handsynth.twostage.data.sources import CAPTIONED, SourceRecord, check_format, read_source
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ SKIP_REASONS = ("missing", "unreadable", "no_person", "no_hands")
 
 @dataclass(frozen=True)
 class Item:
-    record: HagridRecord
+    record: HagridRecord | SourceRecord
     split: str
 
     @property
@@ -120,10 +122,13 @@ def shard_dir(base: Path, shard: tuple[int, int]) -> Path:
 def resolve_source(config: Config) -> Path:
     """`pose.source` as a folder; "synthetic" is the run's synthetic-hagrid folder (data.synthetic_*),
     written or completed with its two-stage files."""
-    if config.pose.source != "synthetic":
+    if config.pose.source != "synthetic" or config.pose.source_format != "hagrid":
         source = Path(config.pose.source)
         if not source.is_dir():
-            raise HandsynthError(f"pose.source {source} is not a folder; give a HaGRID folder or 'synthetic'")
+            raise HandsynthError(
+                f"pose.source {source} is not a folder; give a {config.pose.source_format} folder"
+                + (" or 'synthetic'" if config.pose.source_format == "hagrid" else "")
+            )
         return source
     from handsynth.data.synthetic import write_synthetic_hagrid
 
@@ -138,14 +143,24 @@ def resolve_source(config: Config) -> Path:
 
 
 class SourcePoses:
-    """The source's own whole-body keypoints and exact hand masks, where it has them (the synthetic
-    renderer writes `wholebody/<split>/<g>.json` and `masks/<g>/<key>.png`)."""
+    """The source's own whole-body keypoints, and exact hand masks where it has them: the synthetic
+    renderer writes `wholebody/<split>/<g>.json` and `masks/<g>/<key>.png`; the readers of other formats
+    (InterHand2.6M, Re:InterHand) give keypoints with each record, without masks."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fmt: str = "hagrid") -> None:
         self.root = root
+        self.format = fmt
         self._tables: dict[Path, dict] = {}
 
-    def keypoints(self, record: HagridRecord) -> np.ndarray | None:
+    def label(self, record) -> str | None:
+        """Where the record's own keypoints come from ("synthetic": with exact masks), None without any."""
+        if getattr(record, "keypoints", None) is not None:
+            return self.format
+        return "synthetic" if self.keypoints(record) is not None else None
+
+    def keypoints(self, record: HagridRecord | SourceRecord) -> np.ndarray | None:
+        if getattr(record, "keypoints", None) is not None:
+            return record.keypoints
         path = self.root / "wholebody" / str(record.split) / f"{record.gesture}.json"
         if path not in self._tables:
             self._tables[path] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -162,7 +177,8 @@ def check_pose_settings(config: Config) -> None:
     from handsynth.data.captioning import KINDS
 
     pose = config.pose
-    for gesture in pose.gestures:
+    check_format(pose.source_format)
+    for gesture in pose.gestures if pose.source_format == "hagrid" else ():
         check_gesture(gesture)
     if pose.captioner not in KINDS:
         raise HandsynthError(
@@ -232,7 +248,8 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     seconds = {"holistic": None}
     person = None
     if keypoints is not None:
-        sources = {side: "synthetic" if (keypoints[HANDS[side], 2] > 0).any() else None for side in SIDES}
+        label = own.label(record)
+        sources = {side: label if (keypoints[HANDS[side], 2] > 0).any() else None for side in SIDES}
     else:
         if record.image_path in poses.unreadable:
             raise _Skip("unreadable", f"{record.image_path}: {poses.unreadable[record.image_path]}")
@@ -368,19 +385,36 @@ def build_pose_dataset(
     started = time.perf_counter()
     out = shard_dir(Path(output_dir) if output_dir else default_output_dir(config), shard)
     source = resolve_source(config)
-    log.info("[pose 1/5] reading and selecting %s", source)
-    index = read_hagrid(source, pose.gestures)
+    log.info("[pose 1/5] reading and selecting %s (%s)", source, pose.source_format)
+    if pose.source_format in CAPTIONED and pose.captioner != "metadata":
+        log.info(
+            "%s gives its own captions: pose.captioner '%s' is not used", pose.source_format, pose.captioner
+        )
+        config = dataclasses.replace(config, pose=dataclasses.replace(pose, captioner="metadata"))
+        pose = config.pose
+    _check_settings(out, config)
+
+    # the pose step's call, which YouTube-ASL's reader makes first: the frames it keeps are cache hits
+    def detect(paths: list[Path]) -> PoseRun:
+        return detect_poses(
+            paths, out / "cache", pose.workers, person_masks=True, progress=progress, label=out.name
+        )
+
+    index = read_source(config, source, out, detect, progress)
+    groups = pose.gestures if pose.source_format == "hagrid" else index.groups
     items, available = [], {}
-    for gesture in pose.gestures:
+    for gesture in groups:
         records = index.by_gesture(gesture)
         if not records:
             raise HandsynthError(f"no images of gesture '{gesture}' under {source}")
-        selection = select_gesture(records, pose.n_train, pose.n_test, config.run.seed)
-        available[gesture] = selection.available
-        items += [
-            Item(r, split) for split in SPLITS for r in getattr(selection, split) if in_shard(r.key, shard)
-        ]
-    _check_settings(out, config)
+        if getattr(index, "fixed_split", False):  # an evaluation set: every record, in its own split
+            selected = {split: [r for r in records if r.split == split] for split in SPLITS}
+            available[gesture] = len(records)
+        else:
+            selection = select_gesture(records, pose.n_train, pose.n_test, config.run.seed)
+            selected = {split: getattr(selection, split) for split in SPLITS}
+            available[gesture] = selection.available
+        items += [Item(r, split) for split in SPLITS for r in selected[split] if in_shard(r.key, shard)]
     progress_path = out / "progress.jsonl"
     # an image finished under another split (a new seed or n_test) is made again under its new one
     splits = {item.key: item.split for item in items}
@@ -390,17 +424,15 @@ def build_pose_dataset(
         if entry["image_row"]["split"] == splits.get(key)
     }
     todo = [item for item in items if item.key not in done]
-    own = SourcePoses(source)
+    own = SourcePoses(source, pose.source_format)
     # every selected image without the source's own pose, finished or not: the report counts them all
     # (a finished one is a cache hit, read and hashed but not detected again)
     to_detect = [item for item in items if own.keypoints(item.record) is None]
-    _preflight(config, need_masker=any(own.keypoints(item.record) is None for item in todo))
+    _preflight(config, need_masker=any(own.label(item.record) != "synthetic" for item in todo))
 
     log.info("[pose 2/5] whole-body poses: %d of %d image(s) from MediaPipe", len(to_detect), len(items))
     paths = list(dict.fromkeys(item.record.image_path for item in to_detect))
-    poses = detect_poses(
-        paths, out / "cache", pose.workers, person_masks=True, progress=progress, label=out.name
-    )
+    poses = detect(paths)
 
     log.info("[pose 3/5] masks, square images and hand crops")
     masker = None
@@ -448,8 +480,10 @@ def build_pose_dataset(
     report = make_report(
         config, source, shard, items, [done[i.key] for i in finished], image_rows, hand_rows, skipped, poses
     )
-    report["counts"].update(available={g: available[g] for g in pose.gestures}, small_mask=len(small),
+    report["gestures"] = list(groups)
+    report["counts"].update(available={g: available[g] for g in groups}, small_mask=len(small),
                             uncaptioned=len(uncaptioned))  # fmt: skip
+    report["counts"]["filtered"] = dict(getattr(index, "filtered", {}))  # a source's own filters
     report["small_mask"], report["uncaptioned"] = small[:_LIST_LIMIT], uncaptioned[:_LIST_LIMIT]
     report["seconds"] = round(time.perf_counter() - started, 3)
     files.write_json(out / "report.json", report)
@@ -467,7 +501,8 @@ def make_report(
     sources = Counter(e["image_row"]["hand_sources"][side] for e in entries for side in SIDES)
     report = {
         "source": str(source),
-        "layout": detect_layout(source),
+        "source_format": pose.source_format,
+        "layout": detect_layout(source) if pose.source_format == "hagrid" else pose.source_format,
         "shard": list(shard),
         "gestures": list(pose.gestures),
         "seed": config.run.seed,
