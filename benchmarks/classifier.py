@@ -1,26 +1,30 @@
-"""The gesture classifier before and after issue 16, as confusion tables on three sets of images.
+"""The gesture classifier before and after a change, as confusion tables on four sets of images.
 
 - real: the 33 hagrid-mini photos (one per HaGRID gesture; 6 targets, 27 others) as they are;
 - real, transformed: each photo mirrored; rotated by -30, +30, 90 and 180 degrees; and small in the
   frame (pasted into a canvas 3 times its size, as whole people in rooms show their hands);
+- real, shrunk: each photo scaled down until its largest hand (HaGRID's box) is 32, 44 or 56 px on
+  its longer side, in the upper middle of a 512 px canvas: the hands of generated people;
 - synthetic: `handsynth.data.synthetic` renders of the six gestures (a person in a room, random skin,
   pose and hand turn), rotated the same ways and at 1, 1/2 and 1/3 of their size in the frame.
 
-"before" is the classifier of `--baseline-rev` (the commit before issue 16, read with `git show`),
-"after" the one in this tree; both run here on the same images. A cell counts images of a true label
-(rows: the six, and "other" for the 27 non-target gestures) read as a label (columns; "no hand" when
-MediaPipe finds none). What a rotated image should read as: the six keep their label up to 30
-degrees either way; call, four, ok and palm keep it at any angle (their shape defines them); `like`
-turned 180 degrees is a thumbs-down (and `dislike` turned 180 a thumbs-up); like, dislike, mute and
-one turned 90 degrees (a sideways thumb or a face on its side) are shown but not scored.
+"before" is the classifier of `--baseline-rev` (by default the commit before issue 21's small-hand
+reading, read with `git show`; 867881f is the one before issue 16), "after" the one in this tree;
+both run here on the same images. A cell counts images of a true label (rows: the six, and "other"
+for the 27 non-target gestures) read as a label (columns; "no hand" when MediaPipe finds none).
+What a rotated image should read as: the six keep their label up to 30 degrees either way; call,
+four, ok and palm keep it at any angle (their shape defines them); `like` turned 180 degrees is a
+thumbs-down (and `dislike` turned 180 a thumbs-up); like, dislike, mute and one turned 90 degrees (a
+sideways thumb or a face on its side) are shown but not scored. A shrunk photo keeps its label.
 
-    python benchmarks/classifier.py [--per-gesture 8] [--baseline-rev 867881f]
+    python benchmarks/classifier.py [--per-gesture 8] [--baseline-rev cf1bdd4]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -40,7 +44,9 @@ from handsynth.perception.classifier import TARGET_GESTURES, UNKNOWN
 REPO = Path(__file__).resolve().parents[1]
 HAGRID_MINI = REPO.parent / "shared" / "data" / "hagrid-mini"
 RESULTS = Path(__file__).resolve().parent / "results"
-BASELINE_REV = "867881f"  # the last commit before issue 16's classifier
+BASELINE_REV = "cf1bdd4"  # the last commit before issue 21's small-hand reading
+SHRUNK_HAND_PX = (32, 44, 56)
+SHRUNK_CANVAS = 512
 ROTATIONS = (-30, 30, 90, 180)
 COLUMNS = [*TARGET_GESTURES, UNKNOWN, "no hand"]
 ROWS = [*TARGET_GESTURES, "other"]
@@ -92,6 +98,25 @@ def small(image: Image.Image, factor: int) -> Image.Image:
     return canvas
 
 
+def shrunk(image: Image.Image, hand_px: float, target_px: int) -> Image.Image:
+    """The photo scaled so that a hand of `hand_px` becomes `target_px`, in the upper middle of a
+    SHRUNK_CANVAS square filled with its border colour."""
+    scale = target_px / hand_px
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small_image = image.resize(size, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (SHRUNK_CANVAS, SHRUNK_CANVAS), _fill(image))
+    canvas.paste(small_image, ((SHRUNK_CANVAS - size[0]) // 2, (SHRUNK_CANVAS - size[1]) // 3))
+    return canvas
+
+
+def largest_hand_px(photo: Path, width: int, height: int) -> float:
+    """The longer side, in pixels, of the largest hand box HaGRID's annotation gives the photo."""
+    path = HAGRID_MINI / "annotations" / "test" / f"{photo.parent.name}.json"
+    annotation = json.loads(path.read_text(encoding="utf-8"))
+    boxes = annotation[photo.stem]["bboxes"]  # x, y, w, h, normalised
+    return max(max(w * width, h * height) for _, _, w, h in boxes)
+
+
 def variants(image: Image.Image, scales: tuple[int, ...]) -> list[tuple[str, int, Image.Image]]:
     """(name, rotation, image): rotated copies, then smaller-in-frame copies."""
     out = [(f"rotated {r:+d}", r, rotate(image, r)) for r in ROTATIONS]
@@ -110,6 +135,7 @@ class Tally:
         self.tables: dict[str, dict[str, dict[str, Counter]]] = {}
         self.scores: dict[str, dict[str, Counter]] = {}
         self.photos: dict[str, dict[str, str]] = {}
+        self.shrunk: dict[str, dict[str, str]] = {}
         self.misses: dict[str, dict[str, list[str]]] = {}
 
     def add(self, set_name: str, side: str, image: str, gesture: str, want: str | None, got: str) -> None:
@@ -127,6 +153,7 @@ class Tally:
         else:
             score["targets"] += 1
             score["targets right"] += got == want
+            score["targets read as another target"] += got in TARGET_GESTURES and got != want
 
 
 def run_real(tally: Tally, classifiers: dict) -> None:
@@ -137,6 +164,8 @@ def run_real(tally: Tally, classifiers: dict) -> None:
         gesture = path.parent.name
         image = Image.fromarray(load_rgb(path))
         copies = [("mirrored", 0, ImageOps.mirror(image)), *variants(image, scales=(3,))]
+        hand_px = largest_hand_px(path, image.width, image.height)
+        small_copies = [(px, shrunk(image, hand_px, px)) for px in SHRUNK_HAND_PX]
         for side, classifier in classifiers.items():
             got = read(classifier, image)
             tally.photos.setdefault(side, {})[gesture] = got
@@ -146,6 +175,10 @@ def run_real(tally: Tally, classifiers: dict) -> None:
                 tally.add(
                     "real, transformed", side, f"{gesture} {name}", gesture, want, read(classifier, copy)
                 )
+            for px, copy in small_copies:
+                got = read(classifier, copy)
+                tally.shrunk.setdefault(side, {})[f"{gesture} {px}"] = got
+                tally.add("real, shrunk", side, f"{gesture} {px} px", gesture, expected(gesture), got)
 
 
 def run_synthetic(tally: Tally, classifiers: dict, per_gesture: int, seed: int) -> None:
@@ -160,18 +193,21 @@ def run_synthetic(tally: Tally, classifiers: dict, per_gesture: int, seed: int) 
 
 
 def markdown(tally: Tally) -> str:
-    lines = ["# Gesture classifier, before and after issue 16", ""]
+    lines = ["# Gesture classifier, before and after", ""]
     sides = list(next(iter(tally.tables.values())))
-    lines += ["## The 33 real photos, one by one", "", "| photo | " + " | ".join(sides) + " |"]
-    lines += ["|---|" + "---|" * len(sides)]
-    for gesture in sorted(tally.photos[sides[0]]):
-        lines.append(f"| {gesture} | " + " | ".join(tally.photos[s][gesture] for s in sides) + " |")
+    for title, readings in (("The 33 real photos", tally.photos), ("The shrunk photos", tally.shrunk)):
+        lines += [f"## {title}, one by one", "", "| photo | " + " | ".join(sides) + " |"]
+        lines += ["|---|" + "---|" * len(sides)]
+        for name in sorted(readings[sides[0]]):
+            lines.append(f"| {name} | " + " | ".join(readings[s][name] for s in sides) + " |")
+        lines.append("")
     for set_name, by_side in tally.tables.items():
         for side, table in by_side.items():
             score = tally.scores[set_name][side]
             lines += ["", f"## {set_name}: {side}", ""]
             lines += [
-                f"targets right {score['targets right']}/{score['targets']}, others read as a target "
+                f"targets right {score['targets right']}/{score['targets']}, read as another target "
+                f"{score['targets read as another target']}, others read as a target "
                 f"{score['others read as a target']}/{score['others']}, not scored {score['not scored']}",
                 "",
                 "| true \\ read | " + " | ".join(COLUMNS) + " |",
@@ -205,14 +241,19 @@ def main() -> None:
     for set_name, by_side in tally.scores.items():
         b, a = by_side["before"], by_side["after"]
         right = f"{b['targets right']}/{b['targets']} -> {a['targets right']}/{a['targets']}"
+        swapped = f"{b['targets read as another target']} -> {a['targets read as another target']}"
         wrong = (
             f"{b['others read as a target']}/{b['others']} -> {a['others read as a target']}/{a['others']}"
         )
-        print(f"{set_name}: targets right {right}, others read as a target {wrong}")
+        print(
+            f"{set_name}: targets right {right}, read as another target {swapped}, "
+            f"others read as a target {wrong}"
+        )
     results = {
         "baseline_rev": args.baseline_rev,
         "per_gesture": args.per_gesture,
         "photos": tally.photos,
+        "shrunk": tally.shrunk,
         "misses": tally.misses,
         "scores": {s: {side: dict(c) for side, c in v.items()} for s, v in tally.scores.items()},
         "tables": {

@@ -3,6 +3,8 @@ small in the frame, and its invariances. benchmarks/classifier.py measures the s
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -276,3 +278,34 @@ def test_ok_and_like_survive_turning_in_depth(photos, degrees):
         axis_end = landmarks[0] + np.array([0.0, -0.1, 0.0])
         turned_hand = _turn_about(np.vstack([landmarks, axis_end]), 0, 21, degrees)[:21]
         assert classify_landmarks(turned_hand) == gesture, (gesture, degrees)
+
+
+def shrunk(hagrid_mini, gesture: str, hand_px: int) -> np.ndarray:
+    """The photo scaled until its largest hand (HaGRID's box) is `hand_px` on its longer side, in the
+    upper middle of a 512 px canvas: a generated person's hand (as benchmarks/classifier.py)."""
+    path = next((hagrid_mini / "images" / gesture).glob("*.jpg"))
+    annotation = json.loads((hagrid_mini / "annotations" / "test" / f"{gesture}.json").read_text())
+    photo = Image.open(path).convert("RGB")
+    largest = max(max(w * photo.width, h * photo.height) for _, _, w, h in annotation[path.stem]["bboxes"])
+    scale = hand_px / largest
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (512, 512), border_colour(photo))
+    canvas.paste(photo, ((512 - photo.width) // 2, (512 - photo.height) // 3))
+    return np.asarray(canvas)
+
+
+@pytest.mark.slow
+def test_small_hands_in_a_large_frame_are_found_and_read(hagrid_mini):
+    """Before the tile search and the three readings that must agree, at 32 px in a 512 px frame
+    MediaPipe found none of the six hands, and grabbing at 44 px and stop at 56 px read as `four`."""
+    cases = [(g, 32) for g in TARGET_GESTURES] + [("grabbing", 44), ("stop", 56)]
+    with GestureClassifier() as classifier:
+        got = {case: classifier.classify_with_hand(shrunk(hagrid_mini, *case)) for case in cases}
+    assert {case: label for case, (label, _) in got.items()} == {
+        **{(g, 32): g for g in TARGET_GESTURES},
+        ("grabbing", 44): "unknown",
+        ("stop", 56): "unknown",
+    }
+    # the hand it was read from is the small one, in the whole image's pixels
+    x0, y0, x1, y1 = got["palm", 32][1].box
+    assert 20 <= max(x1 - x0, y1 - y0) <= 40 and 150 < (x0 + x1) / 2 < 360

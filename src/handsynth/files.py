@@ -263,14 +263,15 @@ def finished_records(
 ) -> dict[Any, dict]:
     """The records of `<out_dir>/records.jsonl` whose files (`file_fields`, relative to `out_dir`) all
     exist, by `key`, for a run that resumes. A record the `plan` also has but with other settings is an
-    error rather than work redone: redoing it would overwrite an image made another way."""
+    error rather than work redone: redoing it would overwrite an image made another way. Of two records
+    of one key, the later one made the file on disk."""
     out_dir = Path(out_dir)
     path = out_dir / "records.jsonl"
     if not path.is_file():
         return {}
     planned = {r[key]: r for r in plan}
     done = {}
-    for record in read_jsonl(path):
+    for record in {r.get(key): r for r in read_jsonl(path)}.values():
         want = planned.get(record.get(key))
         if want is None or not all((out_dir / record[f]).is_file() for f in file_fields):
             continue

@@ -7,7 +7,8 @@ Output for one model, in `<samples>/<gesture>/`:
   seed `run.seed + index` with its own generator, so any image can be reproduced alone;
 - `grid.png` (the first 64 images) and the resolved `config.toml`.
 
-A restart skips every image that already has a record and a file.
+A restart skips every image that already has a record and a file. Under `accelerate launch` each
+process makes its share of the images (`handsynth.sharing`); the folder ends the same.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
+from handsynth.sharing import SharedOutput
 from handsynth.training.diffusion import vae_scale
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,14 @@ def generate_samples(
     out_dir = Path(out_dir)
     size = image_size(config, model_folder)
     plan = plan_images(config, str(Path(model_folder).resolve()), prompts, keys, size)
-    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("file",), what="image")
-    todo = [r for r in plan if r["index"] not in done]
+    share = SharedOutput(out_dir, plan, SETTINGS_KEYS, device=config.run.device)
+    done = share.finished()
+    todo = share.mine([r for r in plan if r["index"] not in done])
     if todo:
         if pipe is None:
-            pipe = Hand1000Pipeline.from_pretrained(model_folder, device=config.run.device)
+            pipe = Hand1000Pipeline.from_pretrained(model_folder, device=share.device)
         pipe.sd.set_progress_bar_config(disable=True)
-        bar = tqdm(total=len(plan), initial=len(done), desc=f"generate {out_dir.name}", disable=not progress)
+        bar = share.progress(f"generate {out_dir.name}", "img", progress)
         for start in range(0, len(todo), g.batch_size):
             batch = todo[start : start + g.batch_size]
             images = pipe(
@@ -190,11 +192,13 @@ def generate_samples(
             ).images
             for record, image in zip(batch, images, strict=True):
                 files.save_image(out_dir / record["file"], image)
-                files.append_jsonl(out_dir / "records.jsonl", record)
-                done[record["index"]] = record
+                share.append(record)
             bar.update(len(batch))
         bar.close()
+    done = share.gather()
     records = [done[r["index"]] for r in plan]
+    if not share.is_main:
+        return records
     # Rewritten in index order, so a resumed run ends with the same file as an uninterrupted one.
     files.write_jsonl(out_dir / "records.jsonl", records)
     shown = records[:GRID_MAX_IMAGES]

@@ -23,6 +23,13 @@ index finger pointing up, the thumb tucked.
 An image is read from both hands when MediaPipe finds two. Two hands that touch make a two-hand
 gesture (holy, hand_heart, timeout, ...), which is none of the six; two hands apart show the target
 gesture one of them makes.
+
+Generated people are whole bodies in rooms, their hands small in the frame, where MediaPipe's palm
+detector, which sees the whole image at 192 px, misses them or places them loosely. An image without
+a hand found is searched again in four overlapping tiles. A small hand is read three times: from the
+whole image, and again from an upscaled crop around it, as it is and mirrored. A target is the answer
+only when every reading that finds the hand names it: rather than guess between two targets (or a
+target and none), the classifier says "unknown".
 """
 
 from __future__ import annotations
@@ -72,6 +79,16 @@ TOUCH_MAX = 0.5
 COPY_MAX = 0.3
 MOUTH_DEPTH = 0.7  # mouth height, as a fraction of the face box from its top
 MOUTH_REACH = 0.5  # index tip to mouth, in face widths
+# A hand whose landmark box is under SMALL_HAND_PX on its longer side is read again from a square
+# crop reaching CROP_CONTEXT hand sizes past the box on every side (the palm detector finds a hand by
+# its arm and surroundings too), upscaled to CROP_SIDE px, MediaPipe's landmark input being 224 px.
+SMALL_HAND_PX = 100
+CROP_CONTEXT = 1.0
+CROP_SIDE = 256
+# An image where no hand is found is searched again in four overlapping tiles of TILE of its width and
+# height; two hands found in two tiles whose boxes share over half of the smaller are one hand.
+TILE = 0.6
+TILE_SAME_OVERLAP = 0.5
 
 
 def _as_points(landmarks: np.ndarray, aspect: float) -> np.ndarray:
@@ -187,6 +204,30 @@ def two_hands(first: Hand, second: Hand, aspect: float = 1.0) -> str:
     return "touching" if gap < TOUCH_MAX else "apart"
 
 
+def _is_small(hand: Hand) -> bool:
+    x0, y0, x1, y1 = hand.box
+    return max(x1 - x0, y1 - y0) < SMALL_HAND_PX
+
+
+def _from_window(landmarks: np.ndarray, window: tuple[int, int, int, int], width: int, height: int):
+    """Landmarks normalised to a window (left, top, window width, window height) of a width x height
+    image, normalised to the image (z, on x's scale, as x)."""
+    left, top, window_w, window_h = window
+    points = np.array(landmarks, dtype=np.float64)
+    points[:, 0] = (points[:, 0] * window_w + left) / width
+    points[:, 1] = (points[:, 1] * window_h + top) / height
+    points[:, 2] *= window_w / width
+    return points
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """The share of the smaller box that the two boxes have in common."""
+    inter_w = min(a[2], b[2]) - max(a[0], b[0])
+    inter_h = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(inter_w, 0) * max(inter_h, 0) / max(smaller, 1)
+
+
 class GestureClassifier:
     """Image -> gesture, from up to two MediaPipe hands, and for `mute` the face nearest the index tip."""
 
@@ -224,8 +265,8 @@ class GestureClassifier:
 
     def classify_with_hand(self, rgb: np.ndarray) -> tuple[str, Hand | None]:
         """The gesture, and the hand it was read from (the first hand when it is "unknown"; None when
-        MediaPipe finds no hand)."""
-        hands = self.hands.detect(rgb).hands
+        MediaPipe finds no hand, in the whole image or its tiles)."""
+        hands = self.hands.detect(rgb).hands or self._search_tiles(rgb)
         if not hands:
             return UNKNOWN, None
         aspect = rgb.shape[1] / rgb.shape[0]
@@ -242,7 +283,55 @@ class GestureClassifier:
         label = targets.pop()
         return label, hands[labels.index(label)]
 
+    def _search_tiles(self, rgb: np.ndarray) -> list[Hand]:
+        """Up to two hands found in the image's four overlapping tiles (TILE of its sides each), where
+        a hand is a larger part of the palm detector's view; a hand found in two tiles counts once."""
+        height, width = rgb.shape[:2]
+        tile_w, tile_h = round(width * TILE), round(height * TILE)
+        found: list[Hand] = []
+        for top in (0, height - tile_h):
+            for left in (0, width - tile_w):
+                tile = np.ascontiguousarray(rgb[top : top + tile_h, left : left + tile_w])
+                for hand in self.hands.detect(tile).hands:
+                    points = _from_window(hand.landmarks, (left, top, tile_w, tile_h), width, height)
+                    x0, y0, x1, y1 = hand.box
+                    box = (x0 + left, y0 + top, x1 + left, y1 + top)
+                    found.append(Hand(points, hand.handedness, hand.score, box))
+        kept: list[Hand] = []
+        for hand in sorted(found, key=lambda h: -h.score):
+            if not any(_overlap(hand.box, other.box) > TILE_SAME_OVERLAP for other in kept):
+                kept.append(hand)
+        return kept[:2]
+
     def _hand_label(self, rgb: np.ndarray, hand: Hand, aspect: float) -> str:
+        """The hand's gesture; a small hand's only when all its readings agree."""
+        if not _is_small(hand):
+            return self._reading(rgb, hand, aspect)
+        readings = [hand, *(self._reread(rgb, hand, mirrored) for mirrored in (False, True))]
+        labels = {self._reading(rgb, h, aspect) for h in readings if h is not None}
+        return labels.pop() if len(labels) == 1 else UNKNOWN  # readings that differ: no guess
+
+    def _reread(self, rgb: np.ndarray, hand: Hand, mirrored: bool) -> Hand | None:
+        """The hand's landmarks from an upscaled crop around it (mirrored before detection, and the
+        landmarks back after), in the whole image's coordinates; None when the crop shows no hand."""
+        height, width = rgb.shape[:2]
+        x0, y0, x1, y1 = hand.box
+        side = max(1, round(max(x1 - x0, y1 - y0) * (1 + 2 * CROP_CONTEXT)))
+        left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
+        padded = cv2.copyMakeBorder(rgb, side, side, side, side, cv2.BORDER_REPLICATE)  # at the image edge
+        crop = padded[top + side : top + 2 * side, left + side : left + 2 * side]
+        crop = cv2.resize(crop, (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_CUBIC)
+        found = self.hands.detect(np.ascontiguousarray(crop[:, ::-1] if mirrored else crop)).hands
+        if not found:
+            return None
+        nearest = min(found, key=lambda h: np.hypot(*(h.landmarks[:, :2].mean(axis=0) - 0.5)))
+        points = nearest.landmarks.copy()
+        if mirrored:
+            points[:, 0] = 1 - points[:, 0]  # depth is the same in a mirror
+        points = _from_window(points, (left, top, side, side), width, height)
+        return Hand(landmarks=points, handedness=hand.handedness, score=nearest.score, box=hand.box)
+
+    def _reading(self, rgb: np.ndarray, hand: Hand, aspect: float) -> str:
         states = finger_states(hand.landmarks, aspect)
         lone_index = [states[f] for f in ("index", "middle", "ring", "pinky")] == [EXTENDED, *[CURLED] * 3]
         faces = self.face_boxes(rgb) if lone_index else []  # only `mute` needs the face

@@ -13,7 +13,8 @@ the square image to make (`twostage.size`), centred and scaled to fit. Output, i
 - `grid.png`: pose | hand | canvas | result for the first images.
 
 A restart skips every pose that already has a record and an image; one made with other settings is
-an error naming them (choose another --out), never overwritten.
+an error naming them (choose another --out), never overwritten. Under `accelerate launch` each process
+makes its share of the poses (`handsynth.sharing`); the folder ends the same.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
+from handsynth.sharing import SharedOutput
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
 from handsynth.twostage.outpaint.models import default_lora_dir
@@ -205,11 +206,13 @@ def generate_twostage(
         }
         for n, job in enumerate(jobs)
     ]
-    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("image",), key="key", what="the pose")
-    todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
-    for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
+    share = SharedOutput(out_dir, plan, SETTINGS_KEYS, ("image",), "key", "the pose", config.run.device)
+    done = share.finished()
+    todo = share.mine([(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done])
+    bar = share.progress("two-stage", "img", progress)
+    for job, record in todo:
         if pipe is None:
-            pipe = load() if load else load_pipeline(config)
+            pipe = load() if load else load_pipeline(config, share.device)
         result = pipe(
             job.prompt,
             job.keypoints,
@@ -224,9 +227,13 @@ def generate_twostage(
         record["crops"] = [list(plan.box) for plan in result.crops]
         save_intermediates(out_dir / record["intermediates"], result)
         files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
-        files.append_jsonl(out_dir / "records.jsonl", record)
-        done[job.key] = record
+        share.append(record)
+        bar.update()
+    bar.close()
+    done = share.gather()
     records = [done[job.key] for job in jobs]
+    if not share.is_main:
+        return records
     kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
     others = [r for r in kept if r["key"] not in done]
     files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
@@ -253,7 +260,8 @@ def default_poses(config: Config) -> Path:
     return Path(config.twostage.poses or default_output_dir(config))
 
 
-def load_pipeline(config: Config) -> Any:
+def load_pipeline(config: Config, device: str | None = None) -> Any:
+    """The two-stage pipeline of `config`, on `device` (default `run.device`)."""
     from handsynth.twostage.pipeline import TwoStagePipeline
 
     handgen = default_handgen_dir(config)
@@ -267,7 +275,7 @@ def load_pipeline(config: Config) -> Any:
         config.outpaint.base,
         config.outpaint.controlnet,
         lora_dir(config),
-        device=config.run.device,
+        device=device or config.run.device,
         settings=config.outpaint,
         crop_margin=config.pose.crop_margin,
     )

@@ -16,7 +16,8 @@ Output in `--out DIR`:
 - `grid.png` (heatmap | hand | mask for the first 16) and the resolved `config.toml`.
 
 A re-run skips every hand set that has a record and its files; a different setting for the same index
-is refused.
+is refused. Under `accelerate launch` each process makes its share of the hand sets
+(`handsynth.sharing`); the folder ends the same.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
+from handsynth.sharing import SharedOutput
 from handsynth.twostage.handgen.pipeline import (
     HandGeneratorPipeline,
     hand_heatmaps,
@@ -149,12 +150,14 @@ def generate_hands(
     size = handgen.size or int(read_settings(model_folder)["resolution"])
     jobs = read_keypoint_jobs(keypoints, size, prompt, with_masks)
     plan = plan_records(config, str(Path(model_folder).resolve()), jobs, size)
-    done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("file", "mask", "mask_binary"), what="hand")
-    todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if record["index"] not in done]
+    fields = ("file", "mask", "mask_binary")
+    share = SharedOutput(out_dir, plan, SETTINGS_KEYS, fields, what="hand", device=config.run.device)
+    done = share.finished()
+    todo = share.mine([(j, r) for j, r in zip(jobs, plan, strict=True) if r["index"] not in done])
     if todo:
-        pipe = HandGeneratorPipeline.from_pretrained(model_folder, device=config.run.device)
+        pipe = HandGeneratorPipeline.from_pretrained(model_folder, device=share.device)
         pipe.check_size(size, size)
-    bar = tqdm(total=len(plan), initial=len(done), desc="handgen generate", disable=not progress, unit="hand")
+    bar = share.progress("handgen generate", "hand", progress)
     for start in range(0, len(todo), handgen.sample_batch_size):
         batch = todo[start : start + handgen.sample_batch_size]
         masks = [job["mask"] for job, _ in batch]
@@ -174,11 +177,13 @@ def generate_hands(
             files.save_image(out_dir / record["file"], image)
             files.save_image(out_dir / record["mask"], mask_picture(soft).convert("L"))
             files.save_image(out_dir / record["mask_binary"], Image.fromarray(binary.astype(np.uint8) * 255))
-            files.append_jsonl(out_dir / "records.jsonl", record)
-            done[record["index"]] = record
+            share.append(record)
         bar.update(len(batch))
     bar.close()
+    done = share.gather()
     records = [done[r["index"]] for r in plan]
+    if not share.is_main:
+        return records
     # Rewritten in index order, so a resumed run ends with the same file as an uninterrupted one.
     files.write_jsonl(out_dir / "records.jsonl", records)
     files.save_image(out_dir / "grid.png", records_grid(out_dir, records[:GRID_ROWS]))
