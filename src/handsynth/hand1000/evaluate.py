@@ -83,7 +83,7 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
         paths: list[Path] = []
         prompts: list[str] | None = []
         for folder in folders:
-            records = files.read_jsonl(folder / "records.jsonl")
+            records = files.read_jsonl(folder / "records.jsonl", torn_end_ok=True)
             kept = [r for r in records if (folder / r.get("file", "")).is_file()]
             if len(kept) < len(records):
                 log.warning("%s: %d records without an image file", folder, len(records) - len(kept))

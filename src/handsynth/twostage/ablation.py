@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
@@ -72,9 +70,7 @@ def write_comparison(out: Path, samples: dict[str, Path], records: dict[str, lis
     modes = list(samples)
     rows = min(COMPARISON_ROWS, len(records[modes[0]]))
     cells = [
-        Image.open(samples[mode] / records[mode][i]["image"]).convert("RGB")
-        for i in range(rows)
-        for mode in modes
+        files.load_image(samples[mode] / records[mode][i]["image"]) for i in range(rows) for mode in modes
     ]
     cells = [cell.resize((COMPARISON_CELL, COMPARISON_CELL)) for cell in cells]
     path = out / "comparison.png"

@@ -67,7 +67,7 @@ def person_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     if isinstance(mask, str | os.PathLike):
         try:
             with Image.open(mask) as image:
-                mask = np.asarray(image.convert("L"))
+                mask = np.asarray(files.to_gray(image))
         except OSError as exc:
             raise HandsynthError(f"cannot read the person mask of {name} ({mask}): {exc}") from None
     mask = np.asarray(mask)
@@ -531,7 +531,7 @@ def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
         raise HandsynthError(
             f"no records.jsonl in {samples_dir}; make the images with `handsynth twostage generate`"
         )
-    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path)]
+    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path, torn_end_ok=True)]
 
 
 def evaluate_samples(

@@ -52,7 +52,7 @@ SETTINGS_KEYS = ("prompt", "seed", "steps", "guidance", "size", "model", "hands"
 def _read_mask(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            mask = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            mask = files.to_gray(image).resize((size, size), Image.Resampling.BILINEAR)
     except OSError as exc:
         raise HandsynthError(f"cannot read mask {path}: {exc}") from None
     return np.asarray(mask, dtype=np.float32) / 255.0
@@ -194,6 +194,5 @@ def records_grid(out_dir: Path, records: list[dict[str, Any]]) -> Image.Image:
         size = record["size"]
         cells.append(heatmap_picture(hand_heatmaps(np.asarray(record["hands"], np.float32), size, size)))
         for field in ("file", "mask"):
-            with Image.open(out_dir / record[field]) as image:
-                cells.append(image.convert("RGB"))
+            cells.append(files.load_image(out_dir / record[field]))
     return make_image_grid(cells, rows=len(records), cols=3)

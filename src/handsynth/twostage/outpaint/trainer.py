@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
@@ -136,7 +137,7 @@ def _item(data_dir: Path, row: dict, key: str) -> OutpaintItem:
 def _read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 127
+            return np.asarray(files.to_gray(image)) > 127
     except (OSError, ValueError) as exc:
         raise HandsynthError(f"cannot read the hand mask {path}: {exc}") from None
 
