@@ -295,3 +295,43 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
     assert loads == [1]  # naive and bbox share one load; sequential needs none
     assert [row["samples"] for row in table["rows"]] == ["../samples", "naive/samples", "bbox/samples"]
     assert scored == {"sequential": ["p0"], "naive": ["p0"], "bbox": ["p0"]}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--size", "-64"], "twostage.size must be a positive multiple of 8, got -64"),
+        (["--size", "0"], "twostage.size must be a positive multiple of 8, got 0"),
+        (["--width", "60"], "twostage.width must be a positive multiple of 8 (or 0: twostage.size), got 60"),
+        (["--steps", "0"], "outpaint.steps must be at least 1, got 0"),
+    ],
+)
+def test_sizes_and_steps_are_checked_before_any_model_loads(tmp_path, capsys, monkeypatch, flags, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(TwoStagePipeline, "from_pretrained", no_loading)
+    (tmp_path / "handgen").mkdir()
+    pose = toy_pose(SIZE)
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": pose.tolist()}) + "\n"
+    )
+    for command in ("generate", "ablate"):
+        args = ["twostage", command, "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
+        assert main([*args, "--handgen", str(tmp_path / "handgen"), "--prompt", PROMPT, *flags]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_width_and_height_make_an_image_of_that_shape(pipe, tmp_path):
+    pose = empty_pose()
+    pose[0] = (100, 50, 2)
+    np.testing.assert_allclose(fit_pose(pose, 200, 100, (96, 64))[0], (48, 32, 2))  # scale 0.48, 8 px above
+    config = Config()
+    config.twostage.width, config.twostage.height, config.outpaint.steps = 80, SIZE, 2
+    config.handgen.steps, config.run.device = 2, "cpu"
+    rows = [{"key": "p", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}]
+    (tmp_path / "poses.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    jobs = read_pose_jobs(tmp_path / "poses.jsonl", (80, SIZE), prompt=PROMPT)
+    records = generate_twostage(config, jobs, tmp_path / "out", pipe=pipe, progress=False)
+    assert (records[0]["width"], records[0]["height"]) == (80, SIZE)
+    assert Image.open(tmp_path / "out" / records[0]["image"]).size == (80, SIZE)

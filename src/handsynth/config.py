@@ -167,6 +167,8 @@ class TwostageSection:
     """The pose -> image pipeline (`handsynth twostage generate`) and the blending ablation."""
 
     size: int = 512  # side of the generated images, px
+    width: int = 0  # px; 0: twostage.size
+    height: int = 0  # px; 0: twostage.size
     poses: str = ""  # poses.jsonl or images.jsonl; empty: the two-stage dataset's test split
     max_poses: int = 0  # generate for the first N poses; 0: all
     ablation: list[str] = field(default_factory=lambda: ["sequential", "naive", "bbox"])
@@ -299,6 +301,24 @@ def load_config(
     for key, value in (overrides or {}).items():
         config.set(key, value)
     return config
+
+
+def check_image_side(key: str, value: int, zero: str = "") -> None:
+    """A side of an image to generate must be a positive multiple of 8 (the VAE halves it three times);
+    with `zero`, 0 is allowed too and means that. Checked before any model loads."""
+    if value == 0 and zero or value > 0 and value % 8 == 0:
+        return
+    allowed = f" (or 0: {zero})" if zero else ""
+    raise HandsynthError(f"{key} must be a positive multiple of 8{allowed}, got {value}")
+
+
+def check_at_least_one(config: Config, *keys: str) -> None:
+    """Counts (steps, batch sizes) that must be at least 1, checked before any model loads."""
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < 1:
+            raise HandsynthError(f"{key} must be at least 1, got {value}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -2,7 +2,8 @@
 
 Poses come from a `poses.jsonl` (`handsynth pose extract`), the two-stage dataset's `images.jsonl`
 (its test split by default), or a photo (`--pose-image`, read by Holistic first). A pose is moved into
-the square image to make (`twostage.size`), centred and scaled to fit. Output, in `--out`:
+the image to make (`twostage.width` x `twostage.height`, each 0 taking `twostage.size`), centred and scaled
+to fit. Output, in `--out`:
 
 - `images/<key>.png`;
 - `intermediates/<key>/`: each hand crop and its mask (`hand-N.png`, `hand-N-mask.png`), the canvas and
@@ -29,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from handsynth import files
-from handsynth.config import Config, save_config
+from handsynth.config import Config, check_at_least_one, check_image_side, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.twostage.data.skeleton import draw_openpose
@@ -51,17 +52,35 @@ class PoseJob:
     source: str
 
 
-def fit_pose(keypoints: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
-    """The pose of a width x height frame, scaled and centred into a size x size square."""
-    scale = size / max(width, height)
+def output_size(config: Config) -> tuple[int, int]:
+    """(width, height) of the images to make: twostage.width and .height, a 0 taking twostage.size."""
+    t = config.twostage
+    return t.width or t.size, t.height or t.size
+
+
+def check_generate_settings(config: Config) -> None:
+    """Sizes and steps, before any model loads (a bad one would fail only after the loading)."""
+    check_image_side("twostage.size", config.twostage.size)
+    for key in ("width", "height"):
+        check_image_side(f"twostage.{key}", getattr(config.twostage, key), zero="twostage.size")
+    check_at_least_one(config, "outpaint.steps", "handgen.steps")
+    if config.twostage.max_poses < 0:
+        raise HandsynthError(f"twostage.max_poses must be 0 (all) or more, got {config.twostage.max_poses}")
+
+
+def fit_pose(keypoints: np.ndarray, width: int, height: int, size: int | tuple[int, int]) -> np.ndarray:
+    """The pose of a width x height frame, scaled and centred into the image to make: a square side, or
+    (width, height)."""
+    out_width, out_height = (size, size) if isinstance(size, int) else size
+    scale = min(out_width / width, out_height / height)
     moved = np.array(keypoints, dtype=np.float32, copy=True)
-    moved[:, 0] = moved[:, 0] * scale + (size - width * scale) / 2
-    moved[:, 1] = moved[:, 1] * scale + (size - height * scale) / 2
+    moved[:, 0] = moved[:, 0] * scale + (out_width - width * scale) / 2
+    moved[:, 1] = moved[:, 1] * scale + (out_height - height * scale) / 2
     return moved
 
 
 def read_pose_jobs(
-    path: str | Path, size: int, prompt: str = "", split: str = "test", max_poses: int = 0
+    path: str | Path, size: int | tuple[int, int], prompt: str = "", split: str = "test", max_poses: int = 0
 ) -> list[PoseJob]:
     """The poses of a poses.jsonl or images.jsonl (rows of `split` where rows have one), each with its
     prompt: `prompt` if given, else the row's "prompt" or "caption". Rows without a person are skipped."""
@@ -103,7 +122,7 @@ def read_pose_jobs(
     return jobs
 
 
-def pose_from_photo(photo: str | Path, size: int, prompt: str) -> PoseJob:
+def pose_from_photo(photo: str | Path, size: int | tuple[int, int], prompt: str) -> PoseJob:
     """Read the pose of the person in `photo` with MediaPipe Holistic (hands filled from Hands)."""
     from handsynth.files import load_rgb
     from handsynth.perception.pose import PoseDetector
@@ -137,7 +156,7 @@ def grid_row(out_dir: Path, record: dict) -> list[Image.Image]:
     size = (record["width"], record["height"])
     pose = Image.fromarray(draw_openpose(np.asarray(record["keypoints"], np.float32), *size))
     cells = [pose, folder / "hand-0.png", folder / "canvas.png", out_dir / record["image"]]
-    return [c if isinstance(c, Image.Image) else Image.open(c).convert("RGB") for c in cells]
+    return [c if isinstance(c, Image.Image) else files.load_image(c) for c in cells]
 
 
 def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
@@ -157,7 +176,7 @@ def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
 IMAGE_SETTINGS = (
     *SAMPLING_KEYS, "skeleton", "background", "hand_steps", "hand_guidance", "models", "weights",
 )  # fmt: skip
-SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", *IMAGE_SETTINGS)
+SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", "height", *IMAGE_SETTINGS)
 
 
 def generate_twostage(
@@ -177,9 +196,10 @@ def generate_twostage(
     `out_dir` is an error, not an overwrite. Stage 2 runs with `[outpaint]`, overridden by
     `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
     """
+    check_generate_settings(config)
     out_dir = Path(out_dir)
     settings = {**vars(config.outpaint), **outpaint_settings}
-    size = config.twostage.size
+    width, height = output_size(config)
     handgen, lora = default_handgen_dir(config), default_lora_dir(config)
     lora = lora if lora.is_dir() else None
     made_by = {
@@ -197,8 +217,8 @@ def generate_twostage(
             "intermediates": f"intermediates/{job.key}",
             "prompt": job.prompt,
             "keypoints": np.round(job.keypoints.astype(np.float64), 3).tolist(),
-            "width": size,
-            "height": size,
+            "width": width,
+            "height": height,
             "seed": config.run.seed + n,
             "source": job.source,
             **made_by,
@@ -213,8 +233,8 @@ def generate_twostage(
         result = pipe(
             job.prompt,
             job.keypoints,
-            size,
-            size,
+            width,
+            height,
             seed=record["seed"],
             hand_steps=config.handgen.steps,
             hand_guidance=config.handgen.guidance,
@@ -227,7 +247,11 @@ def generate_twostage(
         files.append_jsonl(out_dir / "records.jsonl", record)
         done[job.key] = record
     records = [done[job.key] for job in jobs]
-    kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
+    kept = (
+        files.read_jsonl(out_dir / "records.jsonl", torn_end_ok=True)
+        if (out_dir / "records.jsonl").is_file()
+        else []
+    )
     others = [r for r in kept if r["key"] not in done]
     files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
     write_grid(out_dir, records)
