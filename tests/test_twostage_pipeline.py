@@ -57,9 +57,16 @@ def run(pipe, pose, seed=0, **settings):
 def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(pipe):
     pose = toy_pose(SIZE)
     first, again, other = run(pipe, pose), run(pipe, pose), run(pipe, pose, seed=1)
-    assert first.image.shape == (SIZE, SIZE, 3) and first.image.dtype == np.uint8
-    assert np.array_equal(first.image, again.image)
-    assert not np.array_equal(first.image, other.image)
+    # PIL images, as diffusers' pipelines return; the arrays are on `outpaint`
+    assert isinstance(first.image, Image.Image) and isinstance(first.condition, Image.Image)
+    assert first.image.mode == "RGB" and first.image.size == (SIZE, SIZE)
+    assert (
+        np.array_equal(np.asarray(first.image), first.outpaint.image)
+        and first.outpaint.image.dtype == np.uint8
+    )
+    assert np.array_equal(np.asarray(first.condition), first.outpaint.condition)
+    assert np.array_equal(first.outpaint.image, again.outpaint.image)
+    assert not np.array_equal(first.outpaint.image, other.outpaint.image)
     # the toy pose's hands are apart: one crop each, drawn at the generator's 32 px
     assert [plan.sides for plan in first.crops] == [("left",), ("right",)]
     assert all(h.image.shape == (32, 32, 3) and h.mask.shape == (32, 32) for h in first.hands)
@@ -72,8 +79,8 @@ def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(
     placed = place_hands(cut, pose, SIZE, SIZE)
     assert np.array_equal(first.canvas.image, placed.image) and np.array_equal(first.canvas.mask, placed.mask)
     assert first.canvas.mask.any()
-    assert np.array_equal(first.image[first.canvas.mask], first.canvas.image[first.canvas.mask])
-    assert first.condition.shape == (SIZE, SIZE, 3) and first.condition.any()
+    assert np.array_equal(first.outpaint.image[first.canvas.mask], first.canvas.image[first.canvas.mask])
+    assert first.outpaint.condition.shape == (SIZE, SIZE, 3) and first.outpaint.condition.any()
     assert len(first.outpaint.blend_masks) == 4 and len(first.outpaint.previews) == 2
 
 
@@ -111,7 +118,7 @@ def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pi
         pipe.hand_generator.text_encoder = text_encoder
         handle.remove()
     assert batches == [2]  # the outpainter's negative prompt and prompt; the hand stage used its copy
-    assert np.array_equal(shared.image, separate.image)
+    assert np.array_equal(shared.outpaint.image, separate.outpaint.image)
 
 
 def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
@@ -144,13 +151,13 @@ def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
     order = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
     assert order == ["hand", "offload hand", "outpaint", "offload outpaint"]
     assert events.count("offload outpaint") == 2  # the ControlNet and the UNet
-    assert np.array_equal(result.image, run(pipe, toy_pose(SIZE)).image)
+    assert np.array_equal(result.outpaint.image, run(pipe, toy_pose(SIZE)).outpaint.image)
 
 
 def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):
     pose = toy_pose(SIZE)
     sequential, naive = run(pipe, pose, blending="sequential"), run(pipe, pose, blending="naive")
-    assert not np.array_equal(sequential.image, naive.image)
+    assert not np.array_equal(sequential.outpaint.image, naive.outpaint.image)
     body_only = toy_pose(SIZE)
     for part in HANDS.values():
         body_only[part] = 0
@@ -335,3 +342,69 @@ def test_width_and_height_make_an_image_of_that_shape(pipe, tmp_path):
     records = generate_twostage(config, jobs, tmp_path / "out", pipe=pipe, progress=False)
     assert (records[0]["width"], records[0]["height"]) == (80, SIZE)
     assert Image.open(tmp_path / "out" / records[0]["image"]).size == (80, SIZE)
+
+
+@pytest.fixture(scope="module")
+def lora_folder(tiny_inpaint_path, tiny_controlnet_path, tmp_path_factory):
+    """An untrained rank-4 LoRA on the tiny ControlNet, saved as `outpaint train` saves one."""
+    from diffusers import ControlNetModel
+
+    from handsynth.twostage.outpaint.models import add_lora, save_lora
+
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnet_path)
+    add_lora(controlnet, rank=4, alpha=4)
+    meta = {"base": str(tiny_inpaint_path), "controlnet": str(tiny_controlnet_path), "rank": 4}
+    return save_lora(controlnet, tmp_path_factory.mktemp("models") / "outpaint-lora", meta)
+
+
+def test_a_lora_folder_that_does_not_load_is_named_with_what_was_expected(lora_folder, tmp_path):
+    import shutil
+
+    import torch
+    from diffusers import ControlNetModel
+    from safetensors.torch import load_file, save_file
+
+    from handsynth.twostage.outpaint.models import LORA_WEIGHTS, load_lora
+
+    controlnet_path = json.loads((lora_folder / "outpaint.json").read_text())["controlnet"]
+    corrupt = shutil.copytree(lora_folder, tmp_path / "corrupt")
+    (corrupt / LORA_WEIGHTS).write_bytes((lora_folder / LORA_WEIGHTS).read_bytes()[:300])
+    with pytest.raises(HandsynthError, match=rf"LoRA {corrupt / LORA_WEIGHTS} is not a readable safetensors"):
+        load_lora(ControlNetModel.from_pretrained(controlnet_path), corrupt, controlnet_path)
+    reshaped = shutil.copytree(lora_folder, tmp_path / "reshaped")
+    tensors = load_file(lora_folder / LORA_WEIGHTS)
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight"
+    tensors[key] = torch.zeros(5, 64)  # rank 5 where the rest is rank 4
+    save_file(tensors, reshaped / LORA_WEIGHTS)
+    with pytest.raises(HandsynthError) as caught:
+        load_lora(ControlNetModel.from_pretrained(controlnet_path), reshaped, controlnet_path)
+    assert str(caught.value) == (
+        f"the outpainter LoRA in {reshaped} does not fit the ControlNet '{controlnet_path}' (outpaint.json "
+        f"says it was trained on '{controlnet_path}'): {key.replace('lora_A', 'lora_A.default_0')} is "
+        "torch.Size([5, 64]) in the file, the ControlNet expects torch.Size([4, 64]). A LoRA of `handsynth "
+        "outpaint train` for this ControlNet is expected (set outpaint.controlnet to the one it was trained "
+        "on)"
+    )
+
+
+def test_a_lora_folder_brings_its_own_base_and_controlnet(handgen_path, lora_folder, tmp_path, capsys):
+    pipe = TwoStagePipeline.from_pretrained(handgen_path, lora=lora_folder, device="cpu")  # no hub needed
+    assert pipe.outpainter.lora_meta["rank"] == 4 and pipe.outpainter.models.unet.config.in_channels == 9
+    # the command too, without --config; what it loaded is recorded
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}) + "\n"
+    )
+    command = ["twostage", "generate", "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
+    flags = ["--handgen", str(handgen_path), "--lora", str(lora_folder), "--size", str(SIZE), "--steps", "2"]
+    assert main([*command, *flags, "--prompt", PROMPT, "--device", "cpu", "--set", "handgen.steps=2"]) == 0
+    record = files.read_jsonl(tmp_path / "twostage" / "samples" / "records.jsonl")[0]
+    meta = json.loads((lora_folder / "outpaint.json").read_text())
+    assert record["models"][1:3] == [meta["base"], meta["controlnet"]]
+    # a recorded base that is gone: the error names the key to set
+    moved = tmp_path / "lora-on-a-moved-base"
+    files.write_json(moved / "outpaint.json", {**meta, "base": str(tmp_path / "gone")})
+    (moved / "pytorch_lora_weights.safetensors").write_bytes(
+        (lora_folder / "pytorch_lora_weights.safetensors").read_bytes()
+    )
+    with pytest.raises(HandsynthError, match=r"from a hub id '.*gone'(.|\n)*set outpaint.base to its folder"):
+        TwoStagePipeline.from_pretrained(handgen_path, lora=moved, device="cpu")

@@ -132,6 +132,8 @@ class HandgenSection:
     steps: int = 50  # DDIM steps at inference
     guidance: float = 7.5
     size: int = 0  # `handgen generate` image side in px; 0: the model's training resolution
+    width: int = 0  # `handgen generate` image width in px; 0: handgen.size
+    height: int = 0  # `handgen generate` image height in px; 0: handgen.size
     sample_batch_size: int = 4  # hands per batch in `handgen generate`
     model_dir: str = ""  # the hand generator's folder; empty: <run.output_dir>/models/handgen
 
@@ -140,8 +142,11 @@ class HandgenSection:
 class OutpaintSection:
     """Stage 2, the ControlNet + LoRA body outpainter and the blend (seed 004 §III-C/D, TWOSTAGE.md §4-7)."""
 
-    base: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # a 4-channel SD UNet is accepted too
-    controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
+    # SD inpainting (a 4-channel SD UNet is accepted too) and the OpenPose ControlNet, hub ids or
+    # folders; empty: what the LoRA folder's outpaint.json records, else
+    # stable-diffusion-v1-5/stable-diffusion-inpainting and lllyasviel/control_v11p_sd15_openpose
+    base: str = ""
+    controlnet: str = ""
     lora_rank: int = 8
     lora_alpha: int = 8  # the LoRA's scale is alpha / rank
     lr: float = 1e-4

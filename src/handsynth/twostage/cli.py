@@ -250,8 +250,10 @@ def _add_handgen_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", dest="handgen.steps", type=int, help="DDIM steps (50)")
     parser.add_argument("--guidance", dest="handgen.guidance", type=float, help="guidance scale (7.5)")
     parser.add_argument(
-        "--size", dest="handgen.size", type=int, help="image side in px (0: the training size)"
+        "--size", dest="handgen.size", type=int, help="image side in px, both sides (0: the training size)"
     )
+    parser.add_argument("--width", dest="handgen.width", type=int, help="image width in px (0: --size)")
+    parser.add_argument("--height", dest="handgen.height", type=int, help="image height in px (0: --size)")
     parser.add_argument(
         "--batch-size", dest="handgen.sample_batch_size", type=int, help="hand sets per batch (4)"
     )

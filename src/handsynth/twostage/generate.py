@@ -35,7 +35,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
-from handsynth.twostage.outpaint.models import default_lora_dir
+from handsynth.twostage.outpaint.models import default_lora_dir, outpaint_sources
 from handsynth.twostage.outpaint.sampler import SAMPLING_KEYS
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def save_intermediates(folder: Path, result: Any) -> None:
         files.save_image(folder / f"hand-{n}-mask.png", Image.fromarray(np.uint8(mask) * 255))
     files.save_image(folder / "canvas.png", Image.fromarray(result.canvas.image))
     files.save_image(folder / "canvas-mask.png", Image.fromarray(np.uint8(result.canvas.mask) * 255))
-    files.save_image(folder / "condition.png", Image.fromarray(result.condition))
+    files.save_image(folder / "condition.png", result.condition)
     files.write_npz(folder / "blend-masks.npz", masks=np.stack(result.outpaint.blend_masks))
     files.save_image(folder / "strip.png", Image.fromarray(result.outpaint.strip()))
 
@@ -202,12 +202,12 @@ def generate_twostage(
     width, height = output_size(config)
     handgen, lora = default_handgen_dir(config), default_lora_dir(config)
     lora = lora if lora.is_dir() else None
+    base, controlnet = outpaint_sources(config.outpaint.base, config.outpaint.controlnet, lora)
     made_by = {
         **{k: settings[k] for k in (*SAMPLING_KEYS, "skeleton", "background")},
         "hand_steps": config.handgen.steps,
         "hand_guidance": config.handgen.guidance,
-        "models": [str(handgen.resolve()), config.outpaint.base, config.outpaint.controlnet]
-        + [lora and str(lora.resolve())],
+        "models": [str(handgen.resolve()), base, controlnet] + [lora and str(lora.resolve())],
         "weights": [files.folder_stamp(folder) for folder in (handgen, lora) if folder is not None],
     }
     plan = [
@@ -243,7 +243,7 @@ def generate_twostage(
         )
         record["crops"] = [list(plan.box) for plan in result.crops]
         save_intermediates(out_dir / record["intermediates"], result)
-        files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
+        files.save_image(out_dir / record["image"], result.image)  # the commit point
         files.append_jsonl(out_dir / "records.jsonl", record)
         done[job.key] = record
     records = [done[job.key] for job in jobs]
@@ -288,8 +288,8 @@ def load_pipeline(config: Config) -> Any:
         )
     return TwoStagePipeline.from_pretrained(
         handgen,
-        config.outpaint.base,
-        config.outpaint.controlnet,
+        config.outpaint.base or None,  # None: what the LoRA folder records
+        config.outpaint.controlnet or None,
         lora_dir(config),
         device=config.run.device,
         settings=config.outpaint,
