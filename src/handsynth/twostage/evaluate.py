@@ -34,7 +34,7 @@ from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
-from handsynth.evaluation.common import check_shared_settings, format_value
+from handsynth.evaluation.common import check_shared_settings, format_value, not_computed
 from handsynth.perception.wholebody import check_pose
 
 log = logging.getLogger(__name__)
@@ -451,8 +451,8 @@ def markdown(report: dict) -> str:
         if key not in m:
             continue
         r = m[key]
-        if "skipped" in r:
-            rows.append((label, r["skipped"], ""))
+        if skipped := not_computed(label, r):
+            rows.append(skipped)
             continue
         if key.startswith("fid"):
             value = format_value(r["value"], 3)
