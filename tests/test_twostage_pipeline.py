@@ -191,6 +191,17 @@ def test_poses_are_fitted_into_the_square_and_read_from_both_manifests(tmp_path)
     (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "keypoints": [[0, 0, 0]] * 17}) + "\n")
     with pytest.raises(HandsynthError, match="bad.jsonl line 1: a pose is 133"):
         read_pose_jobs(tmp_path / "bad.jsonl", 64)
+    # a user's poses.jsonl has no splits: none is named when it holds no person
+    (tmp_path / "empty.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(HandsynthError) as caught:
+        read_pose_jobs(tmp_path / "empty.jsonl", 64)
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'empty.jsonl'} has no pose with a person: 1 row(s) have no person (keypoints null)"
+    )
+    (tmp_path / "train-only.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    with pytest.raises(HandsynthError, match="1 row\\(s\\) belong to another split than 'test'$"):
+        read_pose_jobs(tmp_path / "train-only.jsonl", 64)
 
 
 def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypatch):

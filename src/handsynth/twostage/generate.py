@@ -92,9 +92,10 @@ def read_pose_jobs(
             f"no poses at {path}; give a poses.jsonl (`handsynth pose extract`), the two-stage dataset's "
             "images.jsonl (`handsynth pose build`), or --pose-image"
         )
-    jobs, no_person = [], 0
+    jobs, no_person, other_split = [], 0, 0
     for line, row in enumerate(files.read_jsonl(path), 1):
         if split and row.get("split", split) != split:
+            other_split += 1
             continue
         if row.get("keypoints") is None:
             no_person += 1
@@ -118,7 +119,12 @@ def read_pose_jobs(
     if len(set(keys)) != len(keys):
         raise HandsynthError(f"{path}: keys repeat; each pose needs its own key (or image name)")
     if not jobs:
-        raise HandsynthError(f"{path} has no pose with a person" + (f" in split '{split}'" if split else ""))
+        reasons = []  # the split is named only when the file has rows of other splits
+        if other_split:
+            reasons.append(f"{other_split} row(s) belong to another split than '{split}'")
+        if no_person:
+            reasons.append(f"{no_person} row(s) have no person (keypoints null)")
+        raise HandsynthError(f"{path} has no pose with a person: {'; '.join(reasons) or 'it has no rows'}")
     return jobs
 
 
