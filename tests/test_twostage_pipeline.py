@@ -419,3 +419,28 @@ def test_a_lora_folder_brings_its_own_base_and_controlnet(handgen_path, lora_fol
     )
     with pytest.raises(HandsynthError, match=r"from a hub id '.*gone'(.|\n)*set outpaint.base to its folder"):
         TwoStagePipeline.from_pretrained(handgen_path, lora=moved, device="cpu")
+
+
+def test_the_ablation_warns_when_its_modes_make_the_same_images(pipe):
+    from handsynth.twostage.ablation import identical_modes_warning
+
+    def make(blending, steps):
+        pose = toy_pose(SIZE)
+        return pipe(PROMPT, pose, SIZE, SIZE, progress=False, steps=steps, blending=blending).outpaint.image
+
+    modes = ["sequential", "naive", "bbox"]
+    config = Config()
+    config.outpaint.steps = 2  # both steps unmasked: nothing is blended
+    images = {mode: make(mode, 2) for mode in modes}
+    assert all(np.array_equal(images["sequential"], images[mode]) for mode in modes)  # byte-identical
+    assert identical_modes_warning(config, modes) == (
+        "outpaint.steps = 2 with unmasked_steps = 2 leaves 0 masked step(s): no mode blends, so sequential, "
+        "naive, bbox make byte-identical images; raise outpaint.steps"
+    )
+    config.outpaint.steps = 3  # one masked step: sequential has one mask, the naive blend's; bbox differs
+    images = {mode: make(mode, 3) for mode in modes}
+    assert np.array_equal(images["sequential"], images["naive"])
+    assert not np.array_equal(images["naive"], images["bbox"])
+    assert "equals the naive blend" in identical_modes_warning(config, modes)
+    config.outpaint.steps = 4
+    assert identical_modes_warning(config, modes) is None
