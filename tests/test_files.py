@@ -103,3 +103,38 @@ def test_high_bit_depth_images_are_scaled_to_8_bits_not_clipped(tmp_path, mode, 
     assert rgb.mean() == pytest.approx(127.5, abs=0.6)
     with Image.open(path) as reopened:
         assert np.abs(np.asarray(files.to_gray(reopened)).astype(int) - expected).max() <= 1
+
+
+def hold_lock(folder):
+    """A separate process that takes the output lock on `folder` and waits; returns it once it holds it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from handsynth import files\n"
+        "with files.output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_of_an_output_folder_is_refused_with_the_first_ones_process(tmp_path):
+    import signal
+
+    holder = hold_lock(tmp_path / "samples")
+    try:
+        with pytest.raises(HandsynthError) as caught:
+            with files.output_lock(tmp_path / "samples"):
+                pass
+        assert str(caught.value).startswith(
+            f"{tmp_path / 'samples'} is being written by process {holder.pid} (`"
+        )
+        assert str(caught.value).endswith("`); wait for it to finish, or choose another output folder")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "samples" / ".lock").is_file()  # left by the killed process
+    with files.output_lock(tmp_path / "samples") as lock:  # taken over: the kernel dropped the dead one's
+        assert lock.read_text().startswith(f"process {os.getpid()} ")
+    assert not (tmp_path / "samples" / ".lock").exists()

@@ -444,3 +444,33 @@ def test_the_ablation_warns_when_its_modes_make_the_same_images(pipe):
     assert "equals the naive blend" in identical_modes_warning(config, modes)
     config.outpaint.steps = 4
     assert identical_modes_warning(config, modes) is None
+
+
+def test_a_second_generate_into_the_same_folder_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from test_files import hold_lock
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(TwoStagePipeline, "from_pretrained", no_loading)
+    (tmp_path / "handgen").mkdir()
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}) + "\n"
+    )
+    holder = hold_lock(tmp_path / "out")
+    try:
+        args = [
+            "twostage",
+            "generate",
+            "--pose",
+            str(tmp_path / "poses.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        assert main([*args, "--handgen", str(tmp_path / "handgen"), "--prompt", PROMPT]) == 2
+        assert f"{tmp_path / 'out'} is being written by process {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

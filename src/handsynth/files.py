@@ -4,7 +4,9 @@ at all, so an interrupted run can resume."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -12,15 +14,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handsynth.errors import HandsynthError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -277,10 +282,14 @@ def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike) -> Iterator[Path | None]:
     """Hold `<folder>/.lock` while one process writes the folder; a second writer is refused with the
     first one's process id and command. The kernel drops the lock when its process dies, so a lock
-    left by a killed run is simply taken over."""
+    left by a killed run is simply taken over. Under `accelerate launch` the main process (RANK 0)
+    holds it for the whole launch; the other ranks take none (yield None)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
@@ -355,6 +364,23 @@ class DigestCache:
             append_jsonl(self.path, *self.pending)
             self.pending = []
         self.flushed_at = time.monotonic()
+
+
+def locked_output(argument: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the decorated function holding `output_lock` on the folder it receives as `argument`, so that
+    two commands never write one output folder at once."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            with output_lock(signature.bind(*args, **kwargs).arguments[argument]):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 def folder_stamp(folder: str | os.PathLike) -> str:

@@ -136,6 +136,7 @@ def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
     return grid
 
 
+@files.locked_output("out_dir")
 def generate_samples(
     config: Config,
     model_folder: str | Path,

@@ -185,6 +185,7 @@ IMAGE_SETTINGS = (
 SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", "height", *IMAGE_SETTINGS)
 
 
+@files.locked_output("out_dir")
 def generate_twostage(
     config: Config,
     jobs: list[PoseJob],

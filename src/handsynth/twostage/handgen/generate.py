@@ -148,6 +148,7 @@ def plan_records(
     return plan
 
 
+@files.locked_output("out_dir")
 def generate_hands(
     config: Config,
     model_folder: str | Path,
