@@ -138,3 +138,7 @@ def test_a_second_writer_of_an_output_folder_is_refused_with_the_first_ones_proc
     with files.output_lock(tmp_path / "samples") as lock:  # taken over: the kernel dropped the dead one's
         assert lock.read_text().startswith(f"process {os.getpid()} ")
     assert not (tmp_path / "samples" / ".lock").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(HandsynthError, match="a-file is a file, not a folder; choose another output folder"):
+        with files.output_lock(tmp_path / "a-file" / "samples"):
+            pass

@@ -291,8 +291,8 @@ def output_lock(folder: str | os.PathLike) -> Iterator[Path | None]:
         yield None
         return
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
+    check_writable(path, "output folder")
     while True:
         f = open(path, "a+", encoding="utf-8")
         try:
