@@ -417,8 +417,17 @@ def test_a_lora_folder_brings_its_own_base_and_controlnet(handgen_path, lora_fol
     (moved / "pytorch_lora_weights.safetensors").write_bytes(
         (lora_folder / "pytorch_lora_weights.safetensors").read_bytes()
     )
-    with pytest.raises(HandsynthError, match=r"from a hub id '.*gone'(.|\n)*set outpaint.base to its folder"):
+    with pytest.raises(HandsynthError) as caught:
         TwoStagePipeline.from_pretrained(handgen_path, lora=moved, device="cpu")
+    message = str(caught.value)
+    assert message.startswith(
+        f"could not load CLIPTokenizer from a folder that does not exist, '{tmp_path / 'gone'}'"
+    )
+    assert "To use a local copy, set outpaint.base to its folder" in message
+    assert message.endswith(
+        "(outpaint.base and outpaint.controlnet were empty, so they were taken from "
+        f"{moved / 'outpaint.json'}, which records what the LoRA was trained on)"
+    )
 
 
 def test_the_ablation_warns_when_its_modes_make_the_same_images(pipe):

@@ -22,10 +22,12 @@ from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.outpaint.canvas import Canvas, small_hands
 from handsynth.twostage.outpaint.models import (
+    LORA_META,
     OutpaintModels,
     load_lora,
     load_outpaint_models,
     outpaint_sources,
+    read_lora_meta,
     warn_if_trained_elsewhere,
 )
 from handsynth.twostage.outpaint.sampler import OutpaintResult, outpaint, sampling_settings
@@ -59,8 +61,18 @@ class Outpainter:
         ControlNet not given is the one the LoRA folder records, else the paper's."""
         device = resolve_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        given = {"base": base, "controlnet": controlnet}
         base, controlnet = outpaint_sources(base, controlnet, lora)
-        models = load_outpaint_models(base, controlnet)
+        try:
+            models = load_outpaint_models(base, controlnet)
+        except HandsynthError as exc:
+            recorded = [f"outpaint.{key}" for key, value in given.items() if not value and lora is not None]
+            if not recorded or not read_lora_meta(lora):
+                raise
+            raise HandsynthError(
+                f"{exc}\n  ({' and '.join(recorded)} were empty, so they were taken from "
+                f"{Path(lora) / LORA_META}, which records what the LoRA was trained on)"
+            ) from None
         meta = None
         if lora is not None:
             meta = load_lora(models.controlnet, lora, controlnet)
