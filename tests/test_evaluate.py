@@ -244,3 +244,24 @@ def test_the_input_normalisation_follows_the_network_whatever_the_preprocessing(
         expected = metrics.fid_from_features(features(real, preprocess), features(fake, preprocess))
         assert report["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-4)
         assert report["settings"]["input_norm"] == {"fid": "fid", "torchvision": "imagenet"}[variant]
+
+
+def test_a_skipped_metric_reads_not_computed_with_its_reason_in_report_md():
+    reason = "needs 2+ feature vectors per set, got 1 real, 1 generated"
+    report = {
+        "gesture": "call",
+        "real": {"images": 1, "source": "test.jsonl"},
+        "generated": {"images": 1, "source": "samples"},
+        "settings": {},
+        "metrics": {
+            "fid": {"skipped": reason},
+            "kid": {"skipped": reason},
+            "clipsim": {"skipped": "generated folder has no records.jsonl with prompts"},
+            "gesture_accuracy": {"skipped": "no target gesture (pass --gesture)"},
+        },
+    }
+    text = evaluate._markdown(report)
+    assert "None" not in text
+    assert f"| FID | not computed | {reason} |" in text and f"| KID | not computed | {reason} |" in text
+    assert "| CLIPSIM | not computed | generated folder has no records.jsonl with prompts |" in text
+    assert "| gesture accuracy | not computed | no target gesture (pass --gesture) |" in text

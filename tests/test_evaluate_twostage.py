@@ -363,3 +363,14 @@ def test_person_masks_come_from_holistic_or_from_sam_prompted_with_its_body(hagr
 def test_the_config_asks_every_two_stage_metric_by_default():
     # config.py cannot import the evaluation (it imports config), so its default list is checked here
     assert Config().evaluate.twostage_metrics == list(ets.TWOSTAGE_METRICS)
+
+
+def test_a_skipped_fid_reads_not_computed_with_its_reason_in_report_md():
+    reason = "needs 2+ images per set, got 1 real, 1 generated"
+    report = {
+        "real": {"manifest": "images.jsonl", "split": "test", "images": 1},
+        "generated": {"images": 1},
+        "settings": {},
+        "metrics": {"fid": {"skipped": reason, "real": 1, "generated": 1, "feature_dim": 192}},
+    }
+    assert f"| FID | not computed | {reason} |" in ets.markdown(report)

@@ -52,6 +52,39 @@ def test_keypoints_of_a_hands_manifest_are_scaled_from_the_crop_to_the_output(ha
         read_keypoint_jobs(tmp_path / "k.npy", 32)
 
 
+def test_a_wide_output_scales_each_axis_and_the_mask(hands_manifest):
+    rows = manifest_rows(hands_manifest)
+    jobs = read_keypoint_jobs(hands_manifest, (48, 32), with_masks=True)  # (width, height), 64 px crops
+    expected = np.asarray(rows[1]["hands"], np.float32)
+    expected[:, 0] *= 0.75
+    expected[:, 1] *= 0.5
+    np.testing.assert_allclose(jobs[1]["hands"], expected)
+    assert jobs[1]["mask"].shape == (32, 48)
+
+
+def test_a_row_without_hands_names_the_field_it_wants(tmp_path):
+    poses = tmp_path / "poses.jsonl"
+    poses.write_text(json.dumps({"image": "a.jpg", "width": 64, "height": 64, "keypoints": None}) + "\n")
+    with pytest.raises(HandsynthError) as caught:
+        read_keypoint_jobs(poses, 32)
+    assert str(caught.value) == (
+        f"{poses} row 1 has no \"hands\": 42 [x, y, v] keypoints, the left hand's 21 then the right's (v 0 "
+        "where a hand is absent), as in the hands.jsonl of `handsynth pose build`; it holds whole-body "
+        '"keypoints" (a poses.jsonl): give it to `handsynth twostage generate --pose`'
+    )
+
+
+def test_a_bad_middle_line_of_a_hands_file_is_named_not_the_end_of_the_rows(hands_manifest, tmp_path):
+    from handsynth.twostage.handgen.data import read_hand_items
+
+    lines = hands_manifest.read_text().splitlines()
+    broken = tmp_path / "hands.jsonl"  # before: 1 row read, the 4 after the bad line silently gone
+    broken.write_text("\n".join([lines[0], lines[1][:40], *lines[2:]]) + "\n")
+    for read in (lambda: read_keypoint_jobs(broken, 32), lambda: read_hand_items(broken, "train")):
+        with pytest.raises(HandsynthError, match=r"hands.jsonl line 2 is not valid JSON .*fix or delete"):
+            read()
+
+
 @pytest.mark.slow
 def test_train_then_generate_resumably(tiny_sd_path, hands_manifest, tmp_path, capsys):
     run = tmp_path / "run"
@@ -130,7 +163,9 @@ def test_generate_from_an_npy_with_a_prompt(tiny_sd_path, tmp_path, capsys):
     assert "give the text with --prompt" in capsys.readouterr().err
     assert main([*command, "--prompt", "a hand"]) == 0
     records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], r["size"], "key" in r) for r in records] == [("a hand", 32, False)] * 2
+    assert [(r["prompt"], r["width"], r["height"], "key" in r) for r in records] == [
+        ("a hand", 32, 32, False)
+    ] * 2
     np.testing.assert_allclose(records[1]["hands"], keypoints[1], atol=1e-4)  # .npy: output pixels
     assert Image.open(tmp_path / "out" / records[1]["file"]).size == (32, 32)
     assert (tmp_path / "out" / "config.toml").is_file()

@@ -54,3 +54,43 @@ def test_extract_writes_a_line_per_readable_image_and_resumes(hagrid_mini, tmp_p
 def test_extract_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["pose", "extract", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_a_16_bit_photo_is_scaled_not_clipped_to_white(hagrid_mini, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = next((hagrid_mini / "images" / "hand_heart").glob("*.jpg"))  # its grey copy shows a person
+    gray = np.asarray(Image.open(photo).convert("L"), dtype=np.uint16)
+    Image.fromarray(gray * 257).save(folder / "heart-16bit.png")  # I;16: convert("RGB") made it all white
+    assert Image.open(folder / "heart-16bit.png").mode == "I;16"
+    assert (
+        main(["pose", "extract", str(folder), "--out", str(tmp_path / "poses.jsonl"), "--workers", "1"]) == 0
+    )
+    assert "1 images: 1 with a person, 0 without" in capsys.readouterr().out
+    np.testing.assert_array_equal(files.load_rgb(folder / "heart-16bit.png")[..., 0], gray)
+
+
+def test_an_unwritable_out_is_refused_before_any_detection(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(folder / "room.png")
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "poses.jsonl"
+    assert main(["pose", "extract", str(folder), "--out", str(out)]) == 2
+    assert (
+        f"cannot write {out}: {tmp_path / 'a-file'} is a file, not a folder; choose another --out"
+        in capsys.readouterr().err
+    )
+    (tmp_path / "a-folder").mkdir()
+    assert main(["pose", "extract", str(folder), "--out", str(tmp_path / "a-folder")]) == 2
+    assert "a-folder: it is a folder; name a file; choose another --out" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*-cache"))  # refused before the detection made its cache
+
+
+def test_extract_of_a_file_says_it_wants_a_folder(tmp_path, capsys):
+    Image.new("RGB", (64, 48)).save(tmp_path / "one.png")
+    assert main(["pose", "extract", str(tmp_path / "one.png"), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert (
+        "one.png is a file; pose extract reads every image under a folder: give the folder holding it"
+        in capsys.readouterr().err
+    )

@@ -57,9 +57,16 @@ def run(pipe, pose, seed=0, **settings):
 def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(pipe):
     pose = toy_pose(SIZE)
     first, again, other = run(pipe, pose), run(pipe, pose), run(pipe, pose, seed=1)
-    assert first.image.shape == (SIZE, SIZE, 3) and first.image.dtype == np.uint8
-    assert np.array_equal(first.image, again.image)
-    assert not np.array_equal(first.image, other.image)
+    # PIL images, as diffusers' pipelines return; the arrays are on `outpaint`
+    assert isinstance(first.image, Image.Image) and isinstance(first.condition, Image.Image)
+    assert first.image.mode == "RGB" and first.image.size == (SIZE, SIZE)
+    assert (
+        np.array_equal(np.asarray(first.image), first.outpaint.image)
+        and first.outpaint.image.dtype == np.uint8
+    )
+    assert np.array_equal(np.asarray(first.condition), first.outpaint.condition)
+    assert np.array_equal(first.outpaint.image, again.outpaint.image)
+    assert not np.array_equal(first.outpaint.image, other.outpaint.image)
     # the toy pose's hands are apart: one crop each, drawn at the generator's 32 px
     assert [plan.sides for plan in first.crops] == [("left",), ("right",)]
     assert all(h.image.shape == (32, 32, 3) and h.mask.shape == (32, 32) for h in first.hands)
@@ -72,8 +79,8 @@ def test_pose_to_image_is_deterministic_for_a_seed_and_keeps_every_intermediate(
     placed = place_hands(cut, pose, SIZE, SIZE)
     assert np.array_equal(first.canvas.image, placed.image) and np.array_equal(first.canvas.mask, placed.mask)
     assert first.canvas.mask.any()
-    assert np.array_equal(first.image[first.canvas.mask], first.canvas.image[first.canvas.mask])
-    assert first.condition.shape == (SIZE, SIZE, 3) and first.condition.any()
+    assert np.array_equal(first.outpaint.image[first.canvas.mask], first.canvas.image[first.canvas.mask])
+    assert first.outpaint.condition.shape == (SIZE, SIZE, 3) and first.outpaint.condition.any()
     assert len(first.outpaint.blend_masks) == 4 and len(first.outpaint.previews) == 2
 
 
@@ -111,7 +118,7 @@ def test_the_prompt_is_encoded_once_for_both_stages_and_the_image_is_the_same(pi
         pipe.hand_generator.text_encoder = text_encoder
         handle.remove()
     assert batches == [2]  # the outpainter's negative prompt and prompt; the hand stage used its copy
-    assert np.array_equal(shared.image, separate.image)
+    assert np.array_equal(shared.outpaint.image, separate.outpaint.image)
 
 
 def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
@@ -144,13 +151,13 @@ def test_model_cpu_offload_hooks_each_stages_denoiser_and_keeps_the_image(
     order = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
     assert order == ["hand", "offload hand", "outpaint", "offload outpaint"]
     assert events.count("offload outpaint") == 2  # the ControlNet and the UNet
-    assert np.array_equal(result.image, run(pipe, toy_pose(SIZE)).image)
+    assert np.array_equal(result.outpaint.image, run(pipe, toy_pose(SIZE)).outpaint.image)
 
 
 def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refused(pipe):
     pose = toy_pose(SIZE)
     sequential, naive = run(pipe, pose, blending="sequential"), run(pipe, pose, blending="naive")
-    assert not np.array_equal(sequential.image, naive.image)
+    assert not np.array_equal(sequential.outpaint.image, naive.outpaint.image)
     body_only = toy_pose(SIZE)
     for part in HANDS.values():
         body_only[part] = 0
@@ -184,6 +191,17 @@ def test_poses_are_fitted_into_the_square_and_read_from_both_manifests(tmp_path)
     (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "keypoints": [[0, 0, 0]] * 17}) + "\n")
     with pytest.raises(HandsynthError, match="bad.jsonl line 1: a pose is 133"):
         read_pose_jobs(tmp_path / "bad.jsonl", 64)
+    # a user's poses.jsonl has no splits: none is named when it holds no person
+    (tmp_path / "empty.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(HandsynthError) as caught:
+        read_pose_jobs(tmp_path / "empty.jsonl", 64)
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'empty.jsonl'} has no pose with a person: 1 row(s) have no person (keypoints null)"
+    )
+    (tmp_path / "train-only.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    with pytest.raises(HandsynthError, match="1 row\\(s\\) belong to another split than 'test'$"):
+        read_pose_jobs(tmp_path / "train-only.jsonl", 64)
 
 
 def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypatch):
@@ -295,3 +313,173 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
     assert loads == [1]  # naive and bbox share one load; sequential needs none
     assert [row["samples"] for row in table["rows"]] == ["../samples", "naive/samples", "bbox/samples"]
     assert scored == {"sequential": ["p0"], "naive": ["p0"], "bbox": ["p0"]}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--size", "-64"], "twostage.size must be a positive multiple of 8, got -64"),
+        (["--size", "0"], "twostage.size must be a positive multiple of 8, got 0"),
+        (["--width", "60"], "twostage.width must be a positive multiple of 8 (or 0: twostage.size), got 60"),
+        (["--steps", "0"], "outpaint.steps must be at least 1, got 0"),
+    ],
+)
+def test_sizes_and_steps_are_checked_before_any_model_loads(tmp_path, capsys, monkeypatch, flags, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(TwoStagePipeline, "from_pretrained", no_loading)
+    (tmp_path / "handgen").mkdir()
+    pose = toy_pose(SIZE)
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": pose.tolist()}) + "\n"
+    )
+    for command in ("generate", "ablate"):
+        args = ["twostage", command, "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
+        assert main([*args, "--handgen", str(tmp_path / "handgen"), "--prompt", PROMPT, *flags]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_width_and_height_make_an_image_of_that_shape(pipe, tmp_path):
+    pose = empty_pose()
+    pose[0] = (100, 50, 2)
+    np.testing.assert_allclose(fit_pose(pose, 200, 100, (96, 64))[0], (48, 32, 2))  # scale 0.48, 8 px above
+    config = Config()
+    config.twostage.width, config.twostage.height, config.outpaint.steps = 80, SIZE, 2
+    config.handgen.steps, config.run.device = 2, "cpu"
+    rows = [{"key": "p", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}]
+    (tmp_path / "poses.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    jobs = read_pose_jobs(tmp_path / "poses.jsonl", (80, SIZE), prompt=PROMPT)
+    records = generate_twostage(config, jobs, tmp_path / "out", pipe=pipe, progress=False)
+    assert (records[0]["width"], records[0]["height"]) == (80, SIZE)
+    assert Image.open(tmp_path / "out" / records[0]["image"]).size == (80, SIZE)
+
+
+@pytest.fixture(scope="module")
+def lora_folder(tiny_inpaint_path, tiny_controlnet_path, tmp_path_factory):
+    """An untrained rank-4 LoRA on the tiny ControlNet, saved as `outpaint train` saves one."""
+    from diffusers import ControlNetModel
+
+    from handsynth.twostage.outpaint.models import add_lora, save_lora
+
+    controlnet = ControlNetModel.from_pretrained(tiny_controlnet_path)
+    add_lora(controlnet, rank=4, alpha=4)
+    meta = {"base": str(tiny_inpaint_path), "controlnet": str(tiny_controlnet_path), "rank": 4}
+    return save_lora(controlnet, tmp_path_factory.mktemp("models") / "outpaint-lora", meta)
+
+
+def test_a_lora_folder_that_does_not_load_is_named_with_what_was_expected(lora_folder, tmp_path):
+    import shutil
+
+    import torch
+    from diffusers import ControlNetModel
+    from safetensors.torch import load_file, save_file
+
+    from handsynth.twostage.outpaint.models import LORA_WEIGHTS, load_lora
+
+    controlnet_path = json.loads((lora_folder / "outpaint.json").read_text())["controlnet"]
+    corrupt = shutil.copytree(lora_folder, tmp_path / "corrupt")
+    (corrupt / LORA_WEIGHTS).write_bytes((lora_folder / LORA_WEIGHTS).read_bytes()[:300])
+    with pytest.raises(HandsynthError, match=rf"LoRA {corrupt / LORA_WEIGHTS} is not a readable safetensors"):
+        load_lora(ControlNetModel.from_pretrained(controlnet_path), corrupt, controlnet_path)
+    reshaped = shutil.copytree(lora_folder, tmp_path / "reshaped")
+    tensors = load_file(lora_folder / LORA_WEIGHTS)
+    key = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight"
+    tensors[key] = torch.zeros(5, 64)  # rank 5 where the rest is rank 4
+    save_file(tensors, reshaped / LORA_WEIGHTS)
+    with pytest.raises(HandsynthError) as caught:
+        load_lora(ControlNetModel.from_pretrained(controlnet_path), reshaped, controlnet_path)
+    assert str(caught.value) == (
+        f"the outpainter LoRA in {reshaped} does not fit the ControlNet '{controlnet_path}' (outpaint.json "
+        f"says it was trained on '{controlnet_path}'): {key.replace('lora_A', 'lora_A.default_0')} is "
+        "torch.Size([5, 64]) in the file, the ControlNet expects torch.Size([4, 64]). A LoRA of `handsynth "
+        "outpaint train` for this ControlNet is expected (set outpaint.controlnet to the one it was trained "
+        "on)"
+    )
+
+
+def test_a_lora_folder_brings_its_own_base_and_controlnet(handgen_path, lora_folder, tmp_path, capsys):
+    pipe = TwoStagePipeline.from_pretrained(handgen_path, lora=lora_folder, device="cpu")  # no hub needed
+    assert pipe.outpainter.lora_meta["rank"] == 4 and pipe.outpainter.models.unet.config.in_channels == 9
+    # the command too, without --config; what it loaded is recorded
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}) + "\n"
+    )
+    command = ["twostage", "generate", "--output-dir", str(tmp_path), "--pose", str(tmp_path / "poses.jsonl")]
+    flags = ["--handgen", str(handgen_path), "--lora", str(lora_folder), "--size", str(SIZE), "--steps", "2"]
+    assert main([*command, *flags, "--prompt", PROMPT, "--device", "cpu", "--set", "handgen.steps=2"]) == 0
+    record = files.read_jsonl(tmp_path / "twostage" / "samples" / "records.jsonl")[0]
+    meta = json.loads((lora_folder / "outpaint.json").read_text())
+    assert record["models"][1:3] == [meta["base"], meta["controlnet"]]
+    # a recorded base that is gone: the error names the key to set
+    moved = tmp_path / "lora-on-a-moved-base"
+    files.write_json(moved / "outpaint.json", {**meta, "base": str(tmp_path / "gone")})
+    (moved / "pytorch_lora_weights.safetensors").write_bytes(
+        (lora_folder / "pytorch_lora_weights.safetensors").read_bytes()
+    )
+    with pytest.raises(HandsynthError) as caught:
+        TwoStagePipeline.from_pretrained(handgen_path, lora=moved, device="cpu")
+    message = str(caught.value)
+    assert message.startswith(
+        f"could not load CLIPTokenizer from a folder that does not exist, '{tmp_path / 'gone'}'"
+    )
+    assert "To use a local copy, set outpaint.base to its folder" in message
+    assert message.endswith(
+        "(outpaint.base and outpaint.controlnet were empty, so they were taken from "
+        f"{moved / 'outpaint.json'}, which records what the LoRA was trained on)"
+    )
+
+
+def test_the_ablation_warns_when_its_modes_make_the_same_images(pipe):
+    from handsynth.twostage.ablation import identical_modes_warning
+
+    def make(blending, steps):
+        pose = toy_pose(SIZE)
+        return pipe(PROMPT, pose, SIZE, SIZE, progress=False, steps=steps, blending=blending).outpaint.image
+
+    modes = ["sequential", "naive", "bbox"]
+    config = Config()
+    config.outpaint.steps = 2  # both steps unmasked: nothing is blended
+    images = {mode: make(mode, 2) for mode in modes}
+    assert all(np.array_equal(images["sequential"], images[mode]) for mode in modes)  # byte-identical
+    assert identical_modes_warning(config, modes) == (
+        "outpaint.steps = 2 with unmasked_steps = 2 leaves 0 masked step(s): no mode blends, so sequential, "
+        "naive, bbox make byte-identical images; raise outpaint.steps"
+    )
+    config.outpaint.steps = 3  # one masked step: sequential has one mask, the naive blend's; bbox differs
+    images = {mode: make(mode, 3) for mode in modes}
+    assert np.array_equal(images["sequential"], images["naive"])
+    assert not np.array_equal(images["naive"], images["bbox"])
+    assert "equals the naive blend" in identical_modes_warning(config, modes)
+    config.outpaint.steps = 4
+    assert identical_modes_warning(config, modes) is None
+
+
+def test_a_second_generate_into_the_same_folder_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from test_files import hold_lock
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(TwoStagePipeline, "from_pretrained", no_loading)
+    (tmp_path / "handgen").mkdir()
+    (tmp_path / "poses.jsonl").write_text(
+        json.dumps({"key": "a", "width": SIZE, "height": SIZE, "keypoints": toy_pose(SIZE).tolist()}) + "\n"
+    )
+    holder = hold_lock(tmp_path / "out")
+    try:
+        args = [
+            "twostage",
+            "generate",
+            "--pose",
+            str(tmp_path / "poses.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        assert main([*args, "--handgen", str(tmp_path / "handgen"), "--prompt", PROMPT]) == 2
+        assert f"{tmp_path / 'out'} is being written by process {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -138,6 +138,8 @@ class HandgenSection:
     steps: int = 50  # DDIM steps at inference
     guidance: float = 7.5
     size: int = 0  # `handgen generate` image side in px; 0: the model's training resolution
+    width: int = 0  # `handgen generate` image width in px; 0: handgen.size
+    height: int = 0  # `handgen generate` image height in px; 0: handgen.size
     sample_batch_size: int = 4  # hands per batch in `handgen generate`
     model_dir: str = ""  # the hand generator's folder; empty: <run.output_dir>/models/handgen
     # a mixed training set: [{dataset = "<pose build folder>", count = N}, ...], merged (seeded, each
@@ -150,8 +152,11 @@ class HandgenSection:
 class OutpaintSection:
     """Stage 2, the ControlNet + LoRA body outpainter and the blend (seed 004 §III-C/D, TWOSTAGE.md §4-7)."""
 
-    base: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # a 4-channel SD UNet is accepted too
-    controlnet: str = "lllyasviel/control_v11p_sd15_openpose"
+    # SD inpainting (a 4-channel SD UNet is accepted too) and the OpenPose ControlNet, hub ids or
+    # folders; empty: what the LoRA folder's outpaint.json records, else
+    # stable-diffusion-v1-5/stable-diffusion-inpainting and lllyasviel/control_v11p_sd15_openpose
+    base: str = ""
+    controlnet: str = ""
     lora_rank: int = 8
     lora_alpha: int = 8  # the LoRA's scale is alpha / rank
     lr: float = 1e-4
@@ -177,6 +182,8 @@ class TwostageSection:
     """The pose -> image pipeline (`handsynth twostage generate`) and the blending ablation."""
 
     size: int = 512  # side of the generated images, px
+    width: int = 0  # px; 0: twostage.size
+    height: int = 0  # px; 0: twostage.size
     poses: str = ""  # poses.jsonl or images.jsonl; empty: the two-stage dataset's test split
     max_poses: int = 0  # generate for the first N poses; 0: all
     ablation: list[str] = field(default_factory=lambda: ["sequential", "naive", "bbox"])
@@ -309,6 +316,24 @@ def load_config(
     for key, value in (overrides or {}).items():
         config.set(key, value)
     return config
+
+
+def check_image_side(key: str, value: int, zero: str = "") -> None:
+    """A side of an image to generate must be a positive multiple of 8 (the VAE halves it three times);
+    with `zero`, 0 is allowed too and means that. Checked before any model loads."""
+    if value == 0 and zero or value > 0 and value % 8 == 0:
+        return
+    allowed = f" (or 0: {zero})" if zero else ""
+    raise HandsynthError(f"{key} must be a positive multiple of 8{allowed}, got {value}")
+
+
+def check_at_least_one(config: Config, *keys: str) -> None:
+    """Counts (steps, batch sizes) that must be at least 1, checked before any model loads."""
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < 1:
+            raise HandsynthError(f"{key} must be at least 1, got {value}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

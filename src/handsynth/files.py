@@ -3,22 +3,29 @@ at all, so an interrupted run can resume."""
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handsynth.errors import HandsynthError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -87,33 +94,51 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a torn last line (from a killed append) is ignored."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+def read_jsonl(path: str | os.PathLike, torn_end_ok: bool = False) -> list[dict]:
+    """Read a JSONL file of objects, skipping blank lines. A line that is not a JSON object is an error
+    naming the file and the line: rows after it must not vanish unseen. With `torn_end_ok` (for files
+    the toolkit appends to itself), a last line cut off before its newline (a killed append) is dropped."""
+    return _parse_jsonl(Path(path), torn_end_ok)[0]
 
 
 def read_jsonl_repairing(path: str | os.PathLike) -> list[dict]:
-    """`read_jsonl`, rewriting a file whose last line is torn (a killed append) without that line, so
-    that the next append starts a line of its own; one pass over the file."""
-    records, torn = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                torn = True
-                break
-            torn = not line.endswith("\n")
+    """`read_jsonl` of a file the toolkit appends to and resumes: a torn last line (a killed append) is
+    cut and the file rewritten, so that the next append starts a line of its own; one pass over the file."""
+    records, torn = _parse_jsonl(Path(path), torn_end_ok=True)
     if torn:
         write_jsonl(path, records)
     return records
+
+
+def _parse_jsonl(path: Path, torn_end_ok: bool) -> tuple[list[dict], bool]:
+    """The records, and whether the last line lacks its newline (dropped when it is not JSON)."""
+    records: list[dict] = []
+    bad: tuple[int, str] | None = None  # the first bad line; allowed only as a torn last line
+    ended = True
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if bad is not None:
+                    break
+                ended = line.endswith("\n")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    bad = (number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                    continue
+                if not isinstance(record, dict):
+                    bad = (number, f"a JSON {type(record).__name__}, not an object")
+                    continue
+                records.append(record)
+    except UnicodeDecodeError as exc:
+        raise HandsynthError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    torn_end = bad is not None and not ended and torn_end_ok
+    if bad is not None and not torn_end:
+        number, what = bad
+        raise HandsynthError(f"{path} line {number} is {what}; fix or delete that line")
+    return records, not ended
 
 
 def append_jsonl(path: str | os.PathLike, *records: dict) -> None:
@@ -166,26 +191,60 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
-def rgb_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Decode image bytes to (H, W, 3) uint8 RGB, upright (EXIF) and without alpha.
+# The full-scale value of PIL's high-bit-depth modes (a 16-bit grey PNG opens as I;16); `convert`
+# would clip them to 255, so a 16-bit photo would read as white.
+HIGH_DEPTH_FULL_SCALE = {
+    "I;16": 65535,
+    "I;16L": 65535,
+    "I;16B": 65535,
+    "I;16N": 65535,
+    "I": 2**31 - 1,  # 32-bit signed integers
+    "F": 1.0,  # 32-bit floats, 0..1
+}
 
-    Transparent pixels are composited on white, so an RGBA hand cut-out keeps its outline.
-    """
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """`image` with a 16-bit or 32-bit grey mode scaled to 8-bit L by its full scale; others as they are."""
+    full = HIGH_DEPTH_FULL_SCALE.get(image.mode)
+    if full is None:
+        return image
+    values = np.asarray(image, dtype=np.float64) / full
+    return Image.fromarray(np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, upright (EXIF), 16/32-bit depths scaled, transparent pixels composited on white (so an
+    RGBA hand cut-out keeps its outline)."""
+    image = eight_bit(ImageOps.exif_transpose(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def to_gray(image: Image.Image) -> Image.Image:
+    """8-bit L (a mask), 16/32-bit depths scaled."""
+    return eight_bit(image).convert("L")
+
+
+def image_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> Image.Image:
+    """Decode image bytes to an 8-bit RGB PIL image (`to_rgb`); a HandsynthError naming `name`."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode now, so a truncated file fails here and not later
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, rgba)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise HandsynthError(f"cannot decode image {name}: {exc}; replace or remove the file") from None
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and EXIF rotation normalised."""
+def rgb_from_bytes(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode image bytes to (H, W, 3) uint8 RGB (`to_rgb`)."""
+    return np.asarray(image_from_bytes(data, name), dtype=np.uint8).copy()
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image (`to_rgb`); a HandsynthError naming the file."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -193,7 +252,70 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise HandsynthError(f"image not found: {path}") from None
     except OSError as exc:
         raise HandsynthError(f"cannot read image {path}: {exc}") from None
-    return rgb_from_bytes(data, path)
+    return image_from_bytes(data, path)
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (`to_rgb`)."""
+    return np.asarray(load_image(path), dtype=np.uint8).copy()
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Fail now, before the work, when the file `path` cannot be written: its folder cannot be made
+    (read-only, or a file on the way) or takes no new file."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and path.is_dir():
+        reason = "it is a folder; name a file"
+    elif existing != path and not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    else:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+            return
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    raise HandsynthError(f"cannot write {path}: {reason}; choose another {flag}")
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike) -> Iterator[Path | None]:
+    """Hold `<folder>/.lock` while one process writes the folder; a second writer is refused with the
+    first one's process id and command. The kernel drops the lock when its process dies, so a lock
+    left by a killed run is simply taken over. Under `accelerate launch` the main process (RANK 0)
+    holds it for the whole launch; the other ranks take none (yield None)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
+    folder = Path(folder)
+    path = folder / ".lock"
+    check_writable(path, "output folder")
+    while True:
+        f = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise HandsynthError(
+                f"{folder} is being written by {holder}; wait for it to finish, or choose another output "
+                "folder"
+            ) from None
+        if path.exists() and os.fstat(f.fileno()).st_ino == path.stat().st_ino:
+            break
+        f.close()  # the holder before us removed the file as we opened it: lock the new one
+    try:
+        f.truncate(0)
+        f.write(f"process {os.getpid()} (`{' '.join(sys.argv)}`)")
+        f.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # removed while still locked, so no one locks a stale file
+        f.close()
 
 
 class DigestCache:
@@ -244,6 +366,23 @@ class DigestCache:
         self.flushed_at = time.monotonic()
 
 
+def locked_output(argument: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the decorated function holding `output_lock` on the folder it receives as `argument`, so that
+    two commands never write one output folder at once."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            with output_lock(signature.bind(*args, **kwargs).arguments[argument]):
+                return function(*args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
 def folder_stamp(folder: str | os.PathLike) -> str:
     """A digest of the names, sizes and modification times of the files under `folder`. It changes when
     a model is saved there again, at the cost of a directory walk rather than of hashing its weights."""
@@ -271,7 +410,8 @@ def finished_records(
         return {}
     planned = {r[key]: r for r in plan}
     done = {}
-    for record in {r.get(key): r for r in read_jsonl(path)}.values():
+    # cut a torn last line before this run appends; of two records for one image, the later
+    for record in {r.get(key): r for r in read_jsonl_repairing(path)}.values():
         want = planned.get(record.get(key))
         if want is None or not all((out_dir / record[f]).is_file() for f in file_fields):
             continue

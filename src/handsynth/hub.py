@@ -24,7 +24,12 @@ def from_pretrained(cls: Any, name_or_path: str, config_key: str = "", **kwargs:
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        where = "a local folder" if os.path.exists(name_or_path) else "a hub id"
+        if os.path.exists(name_or_path):
+            where = "a local folder"
+        elif os.path.isabs(name_or_path) or name_or_path.startswith("."):  # a hub id is never either
+            where = "a folder that does not exist,"
+        else:
+            where = "a hub id"
         hint = (
             "HF_HUB_OFFLINE is set, so only the local cache is searched"
             if offline()

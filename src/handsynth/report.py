@@ -76,7 +76,11 @@ def _image(out: Path, path: Path, alt: str) -> str:
 def plot_losses(out: Path, runs: list[str], name: str = "loss.png") -> Path | None:
     """Each stage's loss against optimiser step, one panel per training run (`<out>/train/<run>/`:
     Hand1000's gestures, or the two-stage trainers), as `<out>/report/<name>`."""
-    logs = {g: files.read_jsonl(p) for g in runs if (p := out / "train" / g / "loss.jsonl").is_file()}
+    logs = {
+        g: files.read_jsonl(p, torn_end_ok=True)
+        for g in runs
+        if (p := out / "train" / g / "loss.jsonl").is_file()
+    }
     if not logs:
         return None
     import matplotlib
@@ -221,7 +225,11 @@ def _twostage_section(out: Path, data_dir: Path) -> str:
             _table(["what", "count"], [[k, v] for k, v in counts.items() if not isinstance(v, dict)])
         )
         parts.append(_image(out, data_dir / "contact_sheet.png", "two-stage data contact sheet"))
-    records = files.read_jsonl(root / "samples" / "records.jsonl") if (root / "samples").is_dir() else []
+    records = (
+        files.read_jsonl(root / "samples" / "records.jsonl", torn_end_ok=True)
+        if (root / "samples").is_dir()
+        else []
+    )
     if records:
         first = root / "samples" / records[0]["intermediates"]
         parts.append("<h3>From pose to image</h3>")

@@ -132,9 +132,9 @@ def _outpaint(config: Config, out: Path) -> dict:
 
 
 def _twostage_jobs(config: Config) -> list:
-    from handsynth.twostage.generate import default_poses, read_pose_jobs
+    from handsynth.twostage.generate import default_poses, output_size, read_pose_jobs
 
-    return read_pose_jobs(default_poses(config), config.twostage.size, max_poses=config.twostage.max_poses)
+    return read_pose_jobs(default_poses(config), output_size(config), max_poses=config.twostage.max_poses)
 
 
 def _twostage_generate(config: Config, out: Path) -> dict:

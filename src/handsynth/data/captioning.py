@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from handsynth import files, hub
@@ -250,16 +250,6 @@ class CaptionRun(dict):
         self.new = 0  # captions made by this run
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """RGB PIL image with its EXIF rotation applied; raises HandsynthError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise HandsynthError(f"cannot read image {path}: {exc}") from None
-
-
 def _read_done(out_path: Path, captioner: Captioner) -> dict[str, str]:
     """Captions already in `out_path`; a torn last line from a killed run is cut off first."""
     if not out_path.exists():
@@ -281,7 +271,7 @@ def _caption_batch(
     for key, path in batch:
         if captioner.needs_images:
             try:
-                images.append(load_image(path))
+                images.append(files.load_image(path))
             except HandsynthError as exc:
                 run.skipped[key] = str(exc)
                 continue

@@ -243,7 +243,7 @@ def transform_box(box: Sequence[float], plan: CropPlan) -> list[float] | None:
 
 def apply_crop(image: Image.Image, plan: CropPlan, size: int) -> Image.Image:
     """The prepared image: bilinear (torchvision Resize's default on PIL), to `size` x `size`."""
-    image = image.convert("RGB")
+    image = files.eight_bit(image).convert("RGB")
     if not plan.padded:
         # Resizing only the crop's source region equals resizing all and then cropping (same filter
         # centres and support; PIL's two passes may round a pixel 1/255 differently), at half the cost.
@@ -319,7 +319,7 @@ def rewrite_prepared(
     model = data.rewrite_model if data.rewrite == "llm" else ""
     done = {}
     if path.is_file():
-        for row in files.read_jsonl(path):
+        for row in files.read_jsonl_repairing(path):
             if raw.get(row["key"]) == row["caption_raw"] and row.get("model", "") == model:
                 done[row["key"]] = Rewrite(row["caption"], row["method"], row["reason"])
     todo = [p for p in prepared if p.record.key not in done]

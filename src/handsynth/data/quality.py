@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from handsynth import files, hub
-from handsynth.data.captioning import load_image
 from handsynth.errors import HandsynthError
 from handsynth.hub import resolve_device
 
@@ -53,7 +52,7 @@ def image_features(
         images = []
         for i, path in enumerate(image_paths[start : start + batch_size], start):
             try:
-                images.append(load_image(path))
+                images.append(files.load_image(path))
             except HandsynthError as exc:
                 skipped[i] = str(exc)
         if images:

@@ -33,6 +33,13 @@ def check_shared_settings(config: Config) -> None:
             raise HandsynthError(message)
 
 
+def not_computed(label: str, result: dict) -> tuple[str, str, str] | None:
+    """The report.md row of a metric that was skipped: "not computed" and the reason; None otherwise."""
+    if "skipped" not in result:
+        return None
+    return label, "not computed", result["skipped"]
+
+
 def format_value(value: Any, digits: int = 4) -> str:
     if value is None:
         return "n/a"

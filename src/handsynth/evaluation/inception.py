@@ -384,7 +384,7 @@ def preprocess_image(image: Image.Image | np.ndarray, mode: str = "clean") -> np
     check_preprocess(mode)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB")
+    image = files.to_rgb(image)
     if mode == "clean":
         rgb = np.asarray(image, dtype=np.float32)
         channels = [

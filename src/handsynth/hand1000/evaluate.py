@@ -27,7 +27,7 @@ from handsynth.config import Config
 from handsynth.data.gestures import PHRASE_TEMPLATES
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics
-from handsynth.evaluation.common import check_shared_settings, format_value
+from handsynth.evaluation.common import check_shared_settings, format_value, not_computed
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def generated_images(source: str | Path, gesture: str | None = None) -> tuple[li
         paths: list[Path] = []
         prompts: list[str] | None = []
         for folder in folders:
-            records = files.read_jsonl(folder / "records.jsonl")
+            records = files.read_jsonl(folder / "records.jsonl", torn_end_ok=True)
             kept = [r for r in records if (folder / r.get("file", "")).is_file()]
             if len(kept) < len(records):
                 log.warning("%s: %d records without an image file", folder, len(records) - len(kept))
@@ -304,23 +304,24 @@ def _sample_grid(real: Sequence[Path], fake: Sequence[Path]) -> Image.Image:
 
 def _markdown(report: dict) -> str:
     m = report["metrics"]
-    rows = []
+    rows = []  # a skipped metric: "not computed" and why (its other fields are absent)
     for key, label in (("fid", "FID"), ("fid_h", "FID-H")):
         if key in m:
             r = m[key]
             rows.append(
-                (
-                    label,
-                    r.get("skipped") or format_value(r["value"], 3),
-                    f"{r.get('real')} real / {r.get('generated')} generated",
-                )
+                not_computed(label, r)
+                or (label, format_value(r["value"], 3), f"{r['real']} real / {r['generated']} generated")
             )
     for key, label in (("kid", "KID"), ("kid_h", "KID-H")):
         if key in m:
             r = m[key]
-            value = r.get("skipped") or f"{format_value(r['mean'])} ± {format_value(r['std'])}"
             rows.append(
-                (label, value, f"{r.get('subsets')} subsets of {r.get('subset_size')}, {r.get('estimator')}")
+                not_computed(label, r)
+                or (
+                    label,
+                    f"{format_value(r['mean'])} ± {format_value(r['std'])}",
+                    f"{r['subsets']} subsets of {r['subset_size']}, {r['estimator']}",
+                )
             )
     if "hand_conf" in m:
         r = m["hand_conf"]
@@ -334,20 +335,17 @@ def _markdown(report: dict) -> str:
     if "clipsim" in m:
         r = m["clipsim"]
         rows.append(
-            (
-                "CLIPSIM",
-                r.get("skipped") or format_value(r["clipsim"], 2),
-                f"{r.get('pairs')} pairs, {r.get('model')}",
-            )
+            not_computed("CLIPSIM", r)
+            or ("CLIPSIM", format_value(r["clipsim"], 2), f"{r['pairs']} pairs, {r['model']}")
         )
     if "gesture_accuracy" in m:
         r = m["gesture_accuracy"]
-        value = r.get("skipped") or format_value(r["accuracy"], 3)
         rows.append(
-            (
+            not_computed("gesture accuracy", r)
+            or (
                 "gesture accuracy",
-                value,
-                f"{r.get('correct')}/{r.get('images')} correct, {r.get('no_hand')} without hand",
+                format_value(r["accuracy"], 3),
+                f"{r['correct']}/{r['images']} correct, {r['no_hand']} without hand",
             )
         )
     title = f"gesture `{report['gesture']}`" if report["gesture"] else "all images"

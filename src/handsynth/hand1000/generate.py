@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from handsynth import files
-from handsynth.config import Config
+from handsynth.config import Config, check_at_least_one, check_image_side
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
 from handsynth.sharing import SharedOutput
@@ -70,14 +70,9 @@ def _check_settings(config: Config) -> None:
     g = config.generate
     if not 0.0 <= g.mu <= 1.0:
         raise HandsynthError(f"generate.mu must be in [0, 1], got {g.mu}")
-    for name in ("steps", "images_per_prompt", "batch_size"):
-        if getattr(g, name) < 1:
-            raise HandsynthError(f"generate.{name} must be at least 1, got {getattr(g, name)}")
-    for side in (g.height, g.width):
-        if side < 0 or side % 8:
-            raise HandsynthError(
-                f"image size must be a positive multiple of 8 (or 0: the model's), got {g.height}x{g.width}"
-            )
+    check_at_least_one(config, "generate.steps", "generate.images_per_prompt", "generate.batch_size")
+    for key in ("height", "width"):
+        check_image_side(f"generate.{key}", getattr(g, key), zero="the model's")
 
 
 def image_size(config: Config, model_folder: str | Path) -> tuple[int, int]:
@@ -131,11 +126,6 @@ def plan_images(
     return plan
 
 
-def _load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
     """Images in rows of `columns`, each scaled down to at most GRID_CELL px."""
     scale = min(1.0, GRID_CELL / max(images[0].size))
@@ -147,6 +137,7 @@ def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
     return grid
 
 
+@files.locked_output("out_dir")
 def generate_samples(
     config: Config,
     model_folder: str | Path,
@@ -202,7 +193,7 @@ def generate_samples(
     # Rewritten in index order, so a resumed run ends with the same file as an uninterrupted one.
     files.write_jsonl(out_dir / "records.jsonl", records)
     shown = records[:GRID_MAX_IMAGES]
-    images = [_load_rgb(out_dir / r["file"]) for r in shown]
+    images = [files.load_image(out_dir / r["file"]) for r in shown]
     columns = g.images_per_prompt if g.images_per_prompt > 1 else math.ceil(math.sqrt(len(shown)))
     files.save_image(out_dir / "grid.png", make_grid(images, columns))
     return records

@@ -36,16 +36,17 @@ class BaseModels:
         return self.unet.config.sample_size * self.vae_scale
 
 
-def load_base_models(base: str) -> BaseModels:
+def load_base_models(base: str, config_key: str = "") -> BaseModels:
+    """The base's parts; a failed load names `config_key`, the setting that holds `base`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     return BaseModels(
-        tokenizer=hub.from_pretrained(CLIPTokenizer, base, subfolder="tokenizer"),
-        text_encoder=hub.from_pretrained(CLIPTextModel, base, subfolder="text_encoder"),
-        vae=hub.from_pretrained(AutoencoderKL, base, subfolder="vae"),
-        unet=hub.from_pretrained(UNet2DConditionModel, base, subfolder="unet"),
-        noise_scheduler=hub.from_pretrained(DDPMScheduler, base, subfolder="scheduler"),
+        tokenizer=hub.from_pretrained(CLIPTokenizer, base, config_key, subfolder="tokenizer"),
+        text_encoder=hub.from_pretrained(CLIPTextModel, base, config_key, subfolder="text_encoder"),
+        vae=hub.from_pretrained(AutoencoderKL, base, config_key, subfolder="vae"),
+        unet=hub.from_pretrained(UNet2DConditionModel, base, config_key, subfolder="unet"),
+        noise_scheduler=hub.from_pretrained(DDPMScheduler, base, config_key, subfolder="scheduler"),
     )
 
 

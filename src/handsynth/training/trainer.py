@@ -454,7 +454,7 @@ class Trainer:
         self.bar.update(self.step)
         if self.acc.is_main_process and self.loss_log.is_file():
             # Drop log lines of steps after the checkpoint: they are about to be redone.
-            kept = [r for r in files.read_jsonl(self.loss_log) if r["step"] <= self.step]
+            kept = [r for r in files.read_jsonl(self.loss_log, torn_end_ok=True) if r["step"] <= self.step]
             files.write_jsonl(self.loss_log, kept)
         self.acc.wait_for_everyone()
         log.info("resumed from %s (step %d of %d)", folder, self.step, self.total_steps)

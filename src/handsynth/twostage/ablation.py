@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
@@ -34,6 +32,26 @@ def check_modes(modes: list[str]) -> None:
         raise HandsynthError(
             f"twostage.ablation lists blending modes among {', '.join(BLENDINGS)}; got {modes}"
         )
+
+
+def identical_modes_warning(config: Config, modes: list[str]) -> str | None:
+    """Why some modes of the ablation will make the same images, or None: the blend acts only in the
+    masked steps (outpaint.steps - unmasked_steps); with none, no mode blends at all, and with one the
+    sequential expansion has a single mask, the naive blend's."""
+    steps, unmasked = config.outpaint.steps, config.outpaint.unmasked_steps
+    masked = steps - unmasked
+    setting = (
+        f"outpaint.steps = {steps} with unmasked_steps = {unmasked} leaves {max(masked, 0)} masked step(s)"
+    )
+    if masked < 1 and len(modes) > 1:
+        same = ", ".join(modes)
+        return f"{setting}: no mode blends, so {same} make byte-identical images; raise outpaint.steps"
+    if masked < 2 and {"sequential", "naive"} <= set(modes):
+        return (
+            f"{setting}: the sequential expansion has nothing to expand and equals the naive blend; "
+            "raise outpaint.steps"
+        )
+    return None
 
 
 def ablation_row(mode: str, report: dict) -> dict[str, Any]:
@@ -72,9 +90,7 @@ def write_comparison(out: Path, samples: dict[str, Path], records: dict[str, lis
     modes = list(samples)
     rows = min(COMPARISON_ROWS, len(records[modes[0]]))
     cells = [
-        Image.open(samples[mode] / records[mode][i]["image"]).convert("RGB")
-        for i in range(rows)
-        for mode in modes
+        files.load_image(samples[mode] / records[mode][i]["image"]) for i in range(rows) for mode in modes
     ]
     cells = [cell.resize((COMPARISON_CELL, COMPARISON_CELL)) for cell in cells]
     path = out / "comparison.png"
@@ -99,13 +115,8 @@ def run_blending_ablation(
 
     modes = list(config.twostage.ablation)
     check_modes(modes)
-    masked = config.outpaint.steps - config.outpaint.unmasked_steps
-    if {"sequential", "naive"} <= set(modes) and masked < 2:
-        log.warning(
-            "outpaint.steps = %d with unmasked_steps = %d leaves %d masked step(s): the sequential "
-            "expansion has nothing to expand and equals the naive blend; raise outpaint.steps",
-            config.outpaint.steps, config.outpaint.unmasked_steps, masked,
-        )  # fmt: skip
+    if warning := identical_modes_warning(config, modes):
+        log.warning(warning)
     out = Path(out)
     load = functools.cache(functools.partial(load_pipeline, config))  # once, and only if there is work
     made = made or {}

@@ -291,8 +291,10 @@ def _add_handgen_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", dest="handgen.steps", type=int, help="DDIM steps (50)")
     parser.add_argument("--guidance", dest="handgen.guidance", type=float, help="guidance scale (7.5)")
     parser.add_argument(
-        "--size", dest="handgen.size", type=int, help="image side in px (0: the training size)"
+        "--size", dest="handgen.size", type=int, help="image side in px, both sides (0: the training size)"
     )
+    parser.add_argument("--width", dest="handgen.width", type=int, help="image width in px (0: --size)")
+    parser.add_argument("--height", dest="handgen.height", type=int, help="image height in px (0: --size)")
     parser.add_argument(
         "--batch-size", dest="handgen.sample_batch_size", type=int, help="hand sets per batch (4)"
     )
@@ -390,7 +392,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--handgen", dest="handgen.model_dir", help="hand generator folder")
     parser.add_argument("--lora", dest="outpaint.lora_dir", help="outpainter LoRA folder")
     parser.add_argument("--steps", dest="outpaint.steps", type=int, help="outpainter DDIM steps (50)")
-    parser.add_argument("--size", dest="twostage.size", type=int, help="image side in px (512)")
+    parser.add_argument("--size", dest="twostage.size", type=int, help="image side in px, both sides (512)")
+    parser.add_argument("--width", dest="twostage.width", type=int, help="image width in px (0: --size)")
+    parser.add_argument("--height", dest="twostage.height", type=int, help="image height in px (0: --size)")
     parser.add_argument("--max-poses", dest="twostage.max_poses", type=int, help="first N poses (0: all)")
     parser.add_argument("--seed", dest="run.seed", type=int, help="seed of the first image (0)")
     parser.add_argument("--device", dest="run.device", help="auto, cpu or cuda (auto)")
@@ -429,20 +433,26 @@ def add_twostage_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _jobs(args: argparse.Namespace, config):
-    from handsynth.twostage.generate import default_poses, read_pose_jobs
+    from handsynth.twostage.generate import default_poses, output_size, read_pose_jobs
 
     poses = args.pose or default_poses(config)
-    return read_pose_jobs(poses, config.twostage.size, args.prompt, max_poses=config.twostage.max_poses)
+    return read_pose_jobs(poses, output_size(config), args.prompt, max_poses=config.twostage.max_poses)
 
 
 def run_twostage_generate(args: argparse.Namespace) -> int:
-    from handsynth.twostage.generate import generate_twostage, pose_from_photo
+    from handsynth.twostage.generate import (
+        check_generate_settings,
+        generate_twostage,
+        output_size,
+        pose_from_photo,
+    )
 
     config = config_from_args(args)
+    check_generate_settings(config)
     if args.pose_image:
         if args.pose:
             log.warning("--pose-image given: --pose %s is not read", args.pose)
-        jobs = [pose_from_photo(args.pose_image, config.twostage.size, args.prompt)]
+        jobs = [pose_from_photo(args.pose_image, output_size(config), args.prompt)]
     else:
         jobs = _jobs(args, config)
     out = args.out or Path(config.run.output_dir) / "twostage" / "samples"
@@ -454,8 +464,10 @@ def run_twostage_generate(args: argparse.Namespace) -> int:
 def run_ablate(args: argparse.Namespace) -> int:
     from handsynth.twostage.ablation import markdown, run_blending_ablation
     from handsynth.twostage.data.dataset import default_output_dir
+    from handsynth.twostage.generate import check_generate_settings
 
     config = config_from_args(args)
+    check_generate_settings(config)
     out = args.out or Path(config.run.output_dir) / "twostage" / "ablation"
     real = args.real or default_output_dir(config)
     table = run_blending_ablation(config, _jobs(args, config), real, out)

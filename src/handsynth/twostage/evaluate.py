@@ -39,7 +39,7 @@ from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
-from handsynth.evaluation.common import check_shared_settings, format_value
+from handsynth.evaluation.common import check_shared_settings, format_value, not_computed
 from handsynth.perception.wholebody import check_pose
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def person_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     if isinstance(mask, str | os.PathLike):
         try:
             with Image.open(mask) as image:
-                mask = np.asarray(image.convert("L"))
+                mask = np.asarray(files.to_gray(image))
         except OSError as exc:
             raise HandsynthError(f"cannot read the person mask of {name} ({mask}): {exc}") from None
     mask = np.asarray(mask)
@@ -491,8 +491,8 @@ def markdown(report: dict) -> str:
         if key not in m:
             continue
         r = m[key]
-        if "skipped" in r:
-            rows.append((label, r["skipped"], ""))
+        if skipped := not_computed(label, r):
+            rows.append(skipped)
             continue
         if key.startswith("fid"):
             value = format_value(r["value"], 3)
@@ -571,7 +571,7 @@ def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
         raise HandsynthError(
             f"no records.jsonl in {samples_dir}; make the images with `handsynth twostage generate`"
         )
-    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path)]
+    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path, torn_end_ok=True)]
 
 
 def evaluate_samples(

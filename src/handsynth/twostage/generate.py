@@ -2,7 +2,8 @@
 
 Poses come from a `poses.jsonl` (`handsynth pose extract`), the two-stage dataset's `images.jsonl`
 (its test split by default), or a photo (`--pose-image`, read by Holistic first). A pose is moved into
-the square image to make (`twostage.size`), centred and scaled to fit. Output, in `--out`:
+the image to make (`twostage.width` x `twostage.height`, each 0 taking `twostage.size`), centred and scaled
+to fit. Output, in `--out`:
 
 - `images/<key>.png`;
 - `intermediates/<key>/`: each hand crop and its mask (`hand-N.png`, `hand-N-mask.png`), the canvas and
@@ -29,13 +30,13 @@ import numpy as np
 from PIL import Image
 
 from handsynth import files
-from handsynth.config import Config, save_config
+from handsynth.config import Config, check_at_least_one, check_image_side, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.sharing import SharedOutput
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
-from handsynth.twostage.outpaint.models import default_lora_dir
+from handsynth.twostage.outpaint.models import default_lora_dir, outpaint_sources
 from handsynth.twostage.outpaint.sampler import SAMPLING_KEYS
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,35 @@ class PoseJob:
     source: str
 
 
-def fit_pose(keypoints: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
-    """The pose of a width x height frame, scaled and centred into a size x size square."""
-    scale = size / max(width, height)
+def output_size(config: Config) -> tuple[int, int]:
+    """(width, height) of the images to make: twostage.width and .height, a 0 taking twostage.size."""
+    t = config.twostage
+    return t.width or t.size, t.height or t.size
+
+
+def check_generate_settings(config: Config) -> None:
+    """Sizes and steps, before any model loads (a bad one would fail only after the loading)."""
+    check_image_side("twostage.size", config.twostage.size)
+    for key in ("width", "height"):
+        check_image_side(f"twostage.{key}", getattr(config.twostage, key), zero="twostage.size")
+    check_at_least_one(config, "outpaint.steps", "handgen.steps")
+    if config.twostage.max_poses < 0:
+        raise HandsynthError(f"twostage.max_poses must be 0 (all) or more, got {config.twostage.max_poses}")
+
+
+def fit_pose(keypoints: np.ndarray, width: int, height: int, size: int | tuple[int, int]) -> np.ndarray:
+    """The pose of a width x height frame, scaled and centred into the image to make: a square side, or
+    (width, height)."""
+    out_width, out_height = (size, size) if isinstance(size, int) else size
+    scale = min(out_width / width, out_height / height)
     moved = np.array(keypoints, dtype=np.float32, copy=True)
-    moved[:, 0] = moved[:, 0] * scale + (size - width * scale) / 2
-    moved[:, 1] = moved[:, 1] * scale + (size - height * scale) / 2
+    moved[:, 0] = moved[:, 0] * scale + (out_width - width * scale) / 2
+    moved[:, 1] = moved[:, 1] * scale + (out_height - height * scale) / 2
     return moved
 
 
 def read_pose_jobs(
-    path: str | Path, size: int, prompt: str = "", split: str = "test", max_poses: int = 0
+    path: str | Path, size: int | tuple[int, int], prompt: str = "", split: str = "test", max_poses: int = 0
 ) -> list[PoseJob]:
     """The poses of a poses.jsonl or images.jsonl (rows of `split` where rows have one), each with its
     prompt: `prompt` if given, else the row's "prompt" or "caption". Rows without a person are skipped."""
@@ -74,9 +93,10 @@ def read_pose_jobs(
             f"no poses at {path}; give a poses.jsonl (`handsynth pose extract`), the two-stage dataset's "
             "images.jsonl (`handsynth pose build`), or --pose-image"
         )
-    jobs, no_person = [], 0
+    jobs, no_person, other_split = [], 0, 0
     for line, row in enumerate(files.read_jsonl(path), 1):
         if split and row.get("split", split) != split:
+            other_split += 1
             continue
         if row.get("keypoints") is None:
             no_person += 1
@@ -100,11 +120,16 @@ def read_pose_jobs(
     if len(set(keys)) != len(keys):
         raise HandsynthError(f"{path}: keys repeat; each pose needs its own key (or image name)")
     if not jobs:
-        raise HandsynthError(f"{path} has no pose with a person" + (f" in split '{split}'" if split else ""))
+        reasons = []  # the split is named only when the file has rows of other splits
+        if other_split:
+            reasons.append(f"{other_split} row(s) belong to another split than '{split}'")
+        if no_person:
+            reasons.append(f"{no_person} row(s) have no person (keypoints null)")
+        raise HandsynthError(f"{path} has no pose with a person: {'; '.join(reasons) or 'it has no rows'}")
     return jobs
 
 
-def pose_from_photo(photo: str | Path, size: int, prompt: str) -> PoseJob:
+def pose_from_photo(photo: str | Path, size: int | tuple[int, int], prompt: str) -> PoseJob:
     """Read the pose of the person in `photo` with MediaPipe Holistic (hands filled from Hands)."""
     from handsynth.files import load_rgb
     from handsynth.perception.pose import PoseDetector
@@ -127,7 +152,7 @@ def save_intermediates(folder: Path, result: Any) -> None:
         files.save_image(folder / f"hand-{n}-mask.png", Image.fromarray(np.uint8(mask) * 255))
     files.save_image(folder / "canvas.png", Image.fromarray(result.canvas.image))
     files.save_image(folder / "canvas-mask.png", Image.fromarray(np.uint8(result.canvas.mask) * 255))
-    files.save_image(folder / "condition.png", Image.fromarray(result.condition))
+    files.save_image(folder / "condition.png", result.condition)
     files.write_npz(folder / "blend-masks.npz", masks=np.stack(result.outpaint.blend_masks))
     files.save_image(folder / "strip.png", Image.fromarray(result.outpaint.strip()))
 
@@ -138,7 +163,7 @@ def grid_row(out_dir: Path, record: dict) -> list[Image.Image]:
     size = (record["width"], record["height"])
     pose = Image.fromarray(draw_openpose(np.asarray(record["keypoints"], np.float32), *size))
     cells = [pose, folder / "hand-0.png", folder / "canvas.png", out_dir / record["image"]]
-    return [c if isinstance(c, Image.Image) else Image.open(c).convert("RGB") for c in cells]
+    return [c if isinstance(c, Image.Image) else files.load_image(c) for c in cells]
 
 
 def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
@@ -158,9 +183,10 @@ def write_grid(out_dir: Path, records: list[dict]) -> Path | None:
 IMAGE_SETTINGS = (
     *SAMPLING_KEYS, "skeleton", "background", "hand_steps", "hand_guidance", "models", "weights",
 )  # fmt: skip
-SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", *IMAGE_SETTINGS)
+SETTINGS_KEYS = ("prompt", "keypoints", "seed", "width", "height", *IMAGE_SETTINGS)
 
 
+@files.locked_output("out_dir")
 def generate_twostage(
     config: Config,
     jobs: list[PoseJob],
@@ -178,17 +204,18 @@ def generate_twostage(
     `out_dir` is an error, not an overwrite. Stage 2 runs with `[outpaint]`, overridden by
     `outpaint_settings`; stage 1 with `handgen.steps` and `handgen.guidance`.
     """
+    check_generate_settings(config)
     out_dir = Path(out_dir)
     settings = {**vars(config.outpaint), **outpaint_settings}
-    size = config.twostage.size
+    width, height = output_size(config)
     handgen, lora = default_handgen_dir(config), default_lora_dir(config)
     lora = lora if lora.is_dir() else None
+    base, controlnet = outpaint_sources(config.outpaint.base, config.outpaint.controlnet, lora)
     made_by = {
         **{k: settings[k] for k in (*SAMPLING_KEYS, "skeleton", "background")},
         "hand_steps": config.handgen.steps,
         "hand_guidance": config.handgen.guidance,
-        "models": [str(handgen.resolve()), config.outpaint.base, config.outpaint.controlnet]
-        + [lora and str(lora.resolve())],
+        "models": [str(handgen.resolve()), base, controlnet] + [lora and str(lora.resolve())],
         "weights": [files.folder_stamp(folder) for folder in (handgen, lora) if folder is not None],
     }
     plan = [
@@ -198,8 +225,8 @@ def generate_twostage(
             "intermediates": f"intermediates/{job.key}",
             "prompt": job.prompt,
             "keypoints": np.round(job.keypoints.astype(np.float64), 3).tolist(),
-            "width": size,
-            "height": size,
+            "width": width,
+            "height": height,
             "seed": config.run.seed + n,
             "source": job.source,
             **made_by,
@@ -216,8 +243,8 @@ def generate_twostage(
         result = pipe(
             job.prompt,
             job.keypoints,
-            size,
-            size,
+            width,
+            height,
             seed=record["seed"],
             hand_steps=config.handgen.steps,
             hand_guidance=config.handgen.guidance,
@@ -226,7 +253,7 @@ def generate_twostage(
         )
         record["crops"] = [list(plan.box) for plan in result.crops]
         save_intermediates(out_dir / record["intermediates"], result)
-        files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
+        files.save_image(out_dir / record["image"], result.image)  # the commit point
         share.append(record)
         bar.update()
     bar.close()
@@ -234,7 +261,8 @@ def generate_twostage(
     records = [done[job.key] for job in jobs]
     if not share.is_main:
         return records
-    kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
+    records_file = out_dir / "records.jsonl"
+    kept = files.read_jsonl(records_file, torn_end_ok=True) if records_file.is_file() else []
     others = [r for r in kept if r["key"] not in done]
     files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
     write_grid(out_dir, records)
@@ -272,8 +300,8 @@ def load_pipeline(config: Config, device: str | None = None) -> Any:
         )
     return TwoStagePipeline.from_pretrained(
         handgen,
-        config.outpaint.base,
-        config.outpaint.controlnet,
+        config.outpaint.base or None,  # None: what the LoRA folder records
+        config.outpaint.controlnet or None,
         lora_dir(config),
         device=device or config.run.device,
         settings=config.outpaint,

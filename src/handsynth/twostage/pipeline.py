@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
@@ -32,7 +33,6 @@ from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.data.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import Canvas, DrawnHand, place_hands
-from handsynth.twostage.outpaint.models import DEFAULT_BASE, DEFAULT_CONTROLNET
 from handsynth.twostage.outpaint.outpainter import Outpainter
 from handsynth.twostage.outpaint.sampler import OutpaintResult
 
@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TwoStageResult:
-    image: np.ndarray  # (H, W, 3) uint8, the final image
+    """PIL images as diffusers' pipelines return; the (H, W, 3) uint8 arrays are `outpaint.image` and
+    `outpaint.condition` (or `np.asarray(result.image)`)."""
+
+    image: Image.Image  # the final image
     crops: list[CropPlan]  # where each hand crop sits in the image
     hands: list[DrawnHand]  # stage 1: each crop's image, soft mask and crop-pixel keypoints
     hand_masks: list[np.ndarray]  # stage 1's thresholded masks, what cut the hands out
@@ -49,8 +52,9 @@ class TwoStageResult:
     outpaint: OutpaintResult  # stage 2, with the condition image, blend masks and previews
 
     @property
-    def condition(self) -> np.ndarray:
-        return self.outpaint.condition
+    def condition(self) -> Image.Image:
+        """The OpenPose condition image stage 2 was given."""
+        return Image.fromarray(self.outpaint.condition)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -89,8 +93,8 @@ class TwoStagePipeline:
     def from_pretrained(
         cls,
         handgen: str | Path,
-        base: str = DEFAULT_BASE,
-        controlnet: str = DEFAULT_CONTROLNET,
+        base: str | None = None,
+        controlnet: str | None = None,
         lora: str | Path | None = None,
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
@@ -98,7 +102,8 @@ class TwoStagePipeline:
         crop_margin: float = CROP_MARGIN,
     ) -> TwoStagePipeline:
         """The hand-generator folder of `handsynth handgen train`, the outpainter's base and ControlNet
-        (hub ids or folders) and the LoRA folder of `handsynth outpaint train` (None: no LoRA)."""
+        (hub ids or folders) and the LoRA folder of `handsynth outpaint train` (None: no LoRA). Without a
+        base or ControlNet, those the LoRA folder records (its outpaint.json) are loaded, else the paper's."""
         outpainter = Outpainter.from_pretrained(base, controlnet, lora, device, dtype, settings)
         models = outpainter.models
         hands = HandGeneratorPipeline.from_pretrained(handgen, models.device, models.dtype)
@@ -201,7 +206,7 @@ class TwoStagePipeline:
         )
         self._offload("outpaint")
         return TwoStageResult(
-            image=result.image,
+            image=Image.fromarray(result.image),
             crops=plans,
             hands=hands,
             hand_masks=list(drawn.masks_binary),

@@ -298,7 +298,7 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     person_rel = None
     if person is not None:
         with Image.open(person) as file:
-            person_mask = np.asarray(file.convert("L")) > 127
+            person_mask = np.asarray(files.to_gray(file)) > 127
         person_rel = item.path("person_masks")
         _save_mask(out / person_rel, cut_mask(person_mask, box, size))
     image_row = {

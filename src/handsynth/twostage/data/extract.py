@@ -154,6 +154,10 @@ def _run_jobs(jobs, workers: int, context, person_dir: str | None, progress: boo
 
 
 def list_images(folder: Path) -> list[Path]:
+    if folder.is_file():
+        raise HandsynthError(
+            f"{folder} is a file; pose extract reads every image under a folder: give the folder holding it"
+        )
     if not folder.is_dir():
         raise HandsynthError(f"image folder not found: {folder}")
     paths = files.image_files(folder)
@@ -187,6 +191,7 @@ def extract_poses(images_dir: str | Path, out: str | Path, workers: int = 2, pro
     """`handsynth pose extract`: poses.jsonl for every image under `images_dir`, and a report beside it."""
     images_dir, out = Path(images_dir), Path(out)
     paths = list_images(images_dir)
+    files.check_writable(out)  # before the detection, not after it
     run = detect_poses(
         paths, out.parent / f".{out.stem}-cache", workers, progress=progress, label=images_dir.name
     )

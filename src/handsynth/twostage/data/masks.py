@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from handsynth import files
 from handsynth.errors import HandsynthError
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HAND_EDGES
@@ -112,7 +113,7 @@ def read_mask(path: Path, width: int, height: int, image: str | Path) -> np.ndar
     again = "(a synthetic source writes its masks again on the next run)"
     try:
         with Image.open(path) as file:
-            mask = np.asarray(file.convert("L")) > 127
+            mask = np.asarray(files.to_gray(file)) > 127
     except FileNotFoundError:
         raise HandsynthError(f"mask file {path} for {image} is missing {again}") from None
     except (OSError, ValueError, SyntaxError) as exc:

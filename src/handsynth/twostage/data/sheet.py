@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from handsynth import files
 from handsynth.twostage.data.heatmaps import dequantize
 from handsynth.twostage.data.skeleton import draw_openpose
 
@@ -27,7 +28,7 @@ def _mask(folder: Path, rel: str | None, size: int) -> np.ndarray | None:
     if rel is None:
         return None
     with Image.open(folder / rel) as file:
-        return np.asarray(file.convert("L").resize((size, size), Image.NEAREST)) > 127
+        return np.asarray(files.to_gray(file).resize((size, size), Image.NEAREST)) > 127
 
 
 def _tint(rgb: np.ndarray, mask: np.ndarray | None, colour) -> np.ndarray:
@@ -42,7 +43,7 @@ def _crop_tile(folder: Path, row: dict | None, size: int) -> np.ndarray:
     if row is None:
         return np.zeros((size, size, 3), np.uint8)
     with Image.open(folder / row["image"]) as file:
-        crop = np.asarray(file.convert("RGB").resize((size, size), Image.BILINEAR))
+        crop = np.asarray(files.to_rgb(file).resize((size, size), Image.BILINEAR))
     with np.load(folder / row["heatmaps"]) as data:
         heat = dequantize(data["heatmaps"]).max(axis=0)
     heat = cv2.resize(heat, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -73,7 +74,7 @@ def contact_sheet(
     lines = [header]
     for row in image_rows[:rows]:
         with Image.open(folder / row["image"]) as file:
-            image = np.asarray(file.convert("RGB"))
+            image = np.asarray(files.to_rgb(file))
         size = image.shape[0]
         skeleton = draw_openpose(np.asarray(row["keypoints"], np.float32), size, size, "full")
         base = _tile(image, tile)

@@ -92,7 +92,7 @@ def read_hand_items(manifest: str | Path, split: str = "train") -> list[HandItem
 def _gray(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+            return np.asarray(files.to_gray(image), dtype=np.float32) / 255.0
     except OSError as exc:
         raise HandsynthError(
             f"cannot read mask {path}: {exc}; rebuild it with `handsynth pose build`"

@@ -4,14 +4,14 @@ Input (`--keypoints FILE`):
 - a `.jsonl`, one hand set per row: "hands" (42 x [x, y, v], left hand then right), "caption" or
   "prompt", and optionally "key" and "mask" (a PNG beside the file, fed to the model with
   `--with-masks`). A `hands.jsonl` of `handsynth pose build` works as it is: a row whose "image" exists
-  has its keypoints in that crop's pixels, and they are scaled to the output size;
+  has its keypoints in that crop's pixels, and they are scaled to the output width and height;
 - a `.npy` of (42, 3) or (N, 42, 3) keypoints in the output image's pixels, with `--prompt`.
 
 Output in `--out DIR`:
 - `images/<index>.png`, `masks/<index>.png` (the soft mask in 8 bits) and `masks_binary/<index>.png`
   (mask > 0.5, as 0/255);
 - `records.jsonl`, one record per hand set: index, key, prompt, seed (run.seed + index, its own
-  generator, so any image can be remade alone), steps, guidance, size, model, the keypoints in output
+  generator, so any image can be remade alone), steps, guidance, width, height, model, the keypoints in output
   pixels, the mask given (if any) and the three files;
 - `grid.png` (heatmap | hand | mask for the first 16) and the resolved `config.toml`.
 
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from handsynth import files
-from handsynth.config import Config
+from handsynth.config import Config, check_at_least_one, check_image_side
 from handsynth.errors import HandsynthError
 from handsynth.sharing import SharedOutput
 from handsynth.twostage.handgen.pipeline import (
@@ -47,24 +47,29 @@ log = logging.getLogger(__name__)
 
 GRID_ROWS = 16
 # Record fields that must match for a hand on disk to count as done on a restart.
-SETTINGS_KEYS = ("prompt", "seed", "steps", "guidance", "size", "model", "hands", "mask_input")
+SETTINGS_KEYS = ("prompt", "seed", "steps", "guidance", "width", "height", "model", "hands", "mask_input")
+HANDS_FIELD = (
+    "\"hands\": 42 [x, y, v] keypoints, the left hand's 21 then the right's (v 0 where a hand is absent), "
+    "as in the hands.jsonl of `handsynth pose build`"
+)
 
 
-def _read_mask(path: Path, size: int) -> np.ndarray:
+def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            mask = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            mask = files.to_gray(image).resize(size, Image.Resampling.BILINEAR)
     except OSError as exc:
         raise HandsynthError(f"cannot read mask {path}: {exc}") from None
     return np.asarray(mask, dtype=np.float32) / 255.0
 
 
 def read_keypoint_jobs(
-    path: str | Path, size: int, prompt: str | None = None, with_masks: bool = False
+    path: str | Path, size: int | tuple[int, int], prompt: str | None = None, with_masks: bool = False
 ) -> list[dict[str, Any]]:
-    """One job per hand set in `path` (.jsonl or .npy): index, key, prompt, hands (in `size`-px
-    image pixels), mask_input (path or None) and mask (array or None)."""
+    """One job per hand set in `path` (.jsonl or .npy): index, key, prompt, hands (in the pixels of the
+    image to make: a square side, or (width, height)), mask_input (path or None) and mask (array or None)."""
     path = Path(path)
+    width, height = (size, size) if isinstance(size, int) else size
     if not path.is_file():
         raise HandsynthError(f"keypoint file not found: {path}")
     if path.suffix == ".npy":
@@ -83,14 +88,22 @@ def read_keypoint_jobs(
     for i, row in enumerate(files.read_jsonl(path)):
         key = row.get("key")
         name = f"{path} row {i + 1}" + (f" ({key})" if key else "")
+        if "hands" not in row:
+            poses = (
+                '; it holds whole-body "keypoints" (a poses.jsonl): '
+                "give it to `handsynth twostage generate --pose`"
+                if "keypoints" in row
+                else ""
+            )
+            raise HandsynthError(f"{name} has no {HANDS_FIELD}{poses}")
         try:
             hands = keypoint_batch(row["hands"])[0].copy()
-        except (KeyError, HandsynthError) as exc:
-            raise HandsynthError(f"{name}: {'no hands' if isinstance(exc, KeyError) else exc}") from None
+        except HandsynthError as exc:
+            raise HandsynthError(f"{name}: {exc}") from None
         crop = path.parent / row["image"] if row.get("image") else None
         if crop is not None and crop.is_file():
             with Image.open(crop) as image:
-                hands[:, :2] *= size / image.width
+                hands[:, :2] *= (width / image.width, height / image.height)
         text = prompt or row.get("caption") or row.get("prompt")
         if not text:
             raise HandsynthError(f"{name}: no caption or prompt; give one in the row or with --prompt")
@@ -99,7 +112,7 @@ def read_keypoint_jobs(
             if not row.get("mask"):
                 raise HandsynthError(f"{name}: --with-masks, but the row names no mask")
             mask_input = row["mask"]
-            mask = _read_mask(path.parent / mask_input, size)
+            mask = _read_mask(path.parent / mask_input, (width, height))
         jobs.append(
             {"index": i, "key": key, "prompt": text, "hands": hands, "mask_input": mask_input, "mask": mask}
         )
@@ -108,7 +121,9 @@ def read_keypoint_jobs(
     return jobs
 
 
-def plan_records(config: Config, model: str, jobs: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+def plan_records(
+    config: Config, model: str, jobs: list[dict[str, Any]], size: tuple[int, int]
+) -> list[dict[str, Any]]:
     handgen = config.handgen
     plan = []
     for job in jobs:
@@ -122,7 +137,8 @@ def plan_records(config: Config, model: str, jobs: list[dict[str, Any]], size: i
             "seed": config.run.seed + job["index"],
             "steps": handgen.steps,
             "guidance": handgen.guidance,
-            "size": size,
+            "width": size[0],
+            "height": size[1],
             "model": model,
             "hands": np.round(job["hands"], 4).tolist(),
             "mask_input": job["mask_input"],
@@ -133,6 +149,7 @@ def plan_records(config: Config, model: str, jobs: list[dict[str, Any]], size: i
     return plan
 
 
+@files.locked_output("out_dir")
 def generate_hands(
     config: Config,
     model_folder: str | Path,
@@ -144,19 +161,22 @@ def generate_hands(
 ) -> list[dict[str, Any]]:
     """Generate a hand and its mask for every hand set in `keypoints` into `out_dir`; return the records."""
     handgen = config.handgen
-    if handgen.steps < 1 or handgen.sample_batch_size < 1 or handgen.size < 0:
-        raise HandsynthError("handgen.steps and handgen.sample_batch_size must be >= 1, handgen.size >= 0")
+    check_at_least_one(config, "handgen.steps", "handgen.sample_batch_size")
+    check_image_side("handgen.size", handgen.size, zero="the model's training resolution")
+    for key in ("width", "height"):
+        check_image_side(f"handgen.{key}", getattr(handgen, key), zero="handgen.size")
     out_dir = Path(out_dir)
-    size = handgen.size or int(read_settings(model_folder)["resolution"])
-    jobs = read_keypoint_jobs(keypoints, size, prompt, with_masks)
-    plan = plan_records(config, str(Path(model_folder).resolve()), jobs, size)
+    side = handgen.size or int(read_settings(model_folder)["resolution"])
+    width, height = handgen.width or side, handgen.height or side
+    jobs = read_keypoint_jobs(keypoints, (width, height), prompt, with_masks)
+    plan = plan_records(config, str(Path(model_folder).resolve()), jobs, (width, height))
     fields = ("file", "mask", "mask_binary")
     share = SharedOutput(out_dir, plan, SETTINGS_KEYS, fields, what="hand", device=config.run.device)
     done = share.finished()
     todo = share.mine([(j, r) for j, r in zip(jobs, plan, strict=True) if r["index"] not in done])
     if todo:
         pipe = HandGeneratorPipeline.from_pretrained(model_folder, device=share.device)
-        pipe.check_size(size, size)
+        pipe.check_size(height, width)
     bar = share.progress("handgen generate", "hand", progress)
     for start in range(0, len(todo), handgen.sample_batch_size):
         batch = todo[start : start + handgen.sample_batch_size]
@@ -168,8 +188,8 @@ def generate_hands(
             num_inference_steps=handgen.steps,
             guidance_scale=handgen.guidance,
             generator=[torch.Generator().manual_seed(record["seed"]) for _, record in batch],
-            height=size,
-            width=size,
+            height=height,
+            width=width,
         )
         for (_, record), image, soft, binary in zip(
             batch, out.images, out.masks, out.masks_binary, strict=True
@@ -196,9 +216,8 @@ def records_grid(out_dir: Path, records: list[dict[str, Any]]) -> Image.Image:
 
     cells = []
     for record in records:
-        size = record["size"]
-        cells.append(heatmap_picture(hand_heatmaps(np.asarray(record["hands"], np.float32), size, size)))
+        hands = np.asarray(record["hands"], np.float32)
+        cells.append(heatmap_picture(hand_heatmaps(hands, record["height"], record["width"])))
         for field in ("file", "mask"):
-            with Image.open(out_dir / record[field]) as image:
-                cells.append(image.convert("RGB"))
+            cells.append(files.load_image(out_dir / record[field]))
     return make_image_grid(cells, rows=len(records), cols=3)

@@ -6,12 +6,14 @@ An OpenPose ControlNet (`lllyasviel/control_v11p_sd15_openpose`) on the SD 1.5 i
 latent of the masked canvas. A plain 4-channel SD UNet is accepted too: the mask then acts only through
 the blend. The ControlNet carries a LoRA (rank 8, alpha 8, on to_k, to_q, to_v, to_out.0), saved on its
 own with `save_lora_adapter` beside `outpaint.json`, which names the ControlNet and base it was trained
-on.
+on: what a LoRA folder is loaded with when `outpaint.base` and `outpaint.controlnet` are left empty.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,14 @@ import numpy as np
 import torch
 
 from handsynth import files, hub
-from handsynth.config import Config, OutpaintSection
+from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import ddim_scheduler, load_base_models, vae_scale
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = OutpaintSection.base
-DEFAULT_CONTROLNET = OutpaintSection.controlnet
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_META = "outpaint.json"
@@ -81,10 +83,22 @@ def check_unet(unet: Any, name: str) -> None:
         )
 
 
+def outpaint_sources(
+    base: str | None = None, controlnet: str | None = None, lora: str | Path | None = None
+) -> tuple[str, str]:
+    """The base and ControlNet to load: each as given, else what the LoRA folder's outpaint.json records
+    (what the LoRA was trained on), else the paper's (DEFAULT_BASE, DEFAULT_CONTROLNET)."""
+    meta = read_lora_meta(lora) if lora is not None else {}
+    return (
+        str(base or meta.get("base") or DEFAULT_BASE),
+        str(controlnet or meta.get("controlnet") or DEFAULT_CONTROLNET),
+    )
+
+
 def load_controlnet(name: str) -> Any:
     from diffusers import ControlNetModel
 
-    controlnet = hub.from_pretrained(ControlNetModel, name)
+    controlnet = hub.from_pretrained(ControlNetModel, name, config_key="outpaint.controlnet")
     if controlnet.config.in_channels != 4:
         raise HandsynthError(
             f"the ControlNet '{name}' reads {controlnet.config.in_channels} latent channels; an SD 1.5 "
@@ -95,7 +109,7 @@ def load_controlnet(name: str) -> Any:
 
 def load_outpaint_models(base: str = DEFAULT_BASE, controlnet: str = DEFAULT_CONTROLNET) -> OutpaintModels:
     """The base's tokenizer, text encoder, VAE and UNet, the ControlNet, and DDIM (fp32, on the CPU)."""
-    parts = load_base_models(base)
+    parts = load_base_models(base, config_key="outpaint.base")
     check_unet(parts.unet, base)
     scheduler = ddim_scheduler(parts.noise_scheduler.config)
     return OutpaintModels(
@@ -137,19 +151,63 @@ def save_lora(controlnet: Any, folder: str | Path, meta: dict[str, Any]) -> Path
     return Path(folder)
 
 
-def load_lora(controlnet: Any, folder: str | Path) -> dict[str, Any]:
-    """Attach a saved outpainter LoRA to `controlnet`; return its `outpaint.json`."""
-    import json
+def read_lora_meta(folder: str | Path) -> dict[str, Any]:
+    """A LoRA folder's `outpaint.json` (the base and ControlNet it was trained on); {} without one."""
+    path = Path(folder) / LORA_META
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HandsynthError(f"{path} is not valid JSON ({exc}); train the LoRA again") from None
+    if not isinstance(meta, dict):
+        raise HandsynthError(f"{path} is not a JSON object; train the LoRA again")
+    return meta
+
+
+# torch's "size mismatch for <param>: copying a param with shape <A> from checkpoint, the shape in
+# current model is <B>"
+SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, "
+                           r"the shape in current model is (.+?)\.?$", re.MULTILINE)  # fmt: skip
+
+
+def load_lora(controlnet: Any, folder: str | Path, controlnet_name: str = "") -> dict[str, Any]:
+    """Attach a saved outpainter LoRA to `controlnet` (loaded from `controlnet_name`); return its
+    `outpaint.json`. A file that is not safetensors, or tensors that do not fit, name the folder."""
+    from safetensors import SafetensorError
 
     folder = Path(folder)
-    if not (folder / LORA_WEIGHTS).is_file():
+    weights = folder / LORA_WEIGHTS
+    if not weights.is_file():
         raise HandsynthError(
             f"no outpainter LoRA in {folder} (no {LORA_WEIGHTS}); train one with `handsynth outpaint train`"
         )
-    meta_path = folder / LORA_META
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    # prefix=None: the keys are saved without a prefix, and the default one would filter them all out
-    controlnet.load_lora_adapter(str(folder), prefix=None, weight_name=LORA_WEIGHTS)
+    meta = read_lora_meta(folder)
+    again = "train it again with `handsynth outpaint train`, or set outpaint.lora_dir to another LoRA folder"
+    try:
+        # prefix=None: the keys are saved without a prefix, and the default one would filter them all out
+        controlnet.load_lora_adapter(str(folder), prefix=None, weight_name=LORA_WEIGHTS)
+    except SafetensorError as exc:
+        raise HandsynthError(
+            f"the outpainter LoRA {weights} is not a readable safetensors file ({exc}); {again}"
+        ) from None
+    except (RuntimeError, ValueError, KeyError) as exc:
+        mismatch = SIZE_MISMATCH.search(str(exc))
+        detail = (
+            f"{mismatch[1]} is {mismatch[2]} in the file, the ControlNet expects {mismatch[3]}"
+            if mismatch
+            else str(exc).strip().splitlines()[0]
+        )
+        trained = (
+            f" (outpaint.json says it was trained on '{meta['controlnet']}')"
+            if meta.get("controlnet")
+            else ""
+        )
+        raise HandsynthError(
+            f"the outpainter LoRA in {folder} does not fit the ControlNet '{controlnet_name or 'given'}'"
+            f"{trained}: {detail}. A LoRA of `handsynth outpaint train` for this ControlNet is expected "
+            "(set outpaint.controlnet to the one it was trained on)"
+        ) from None
     return meta
 
 

@@ -22,11 +22,12 @@ from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.outpaint.canvas import Canvas, small_hands
 from handsynth.twostage.outpaint.models import (
-    DEFAULT_BASE,
-    DEFAULT_CONTROLNET,
+    LORA_META,
     OutpaintModels,
     load_lora,
     load_outpaint_models,
+    outpaint_sources,
+    read_lora_meta,
     warn_if_trained_elsewhere,
 )
 from handsynth.twostage.outpaint.sampler import OutpaintResult, outpaint, sampling_settings
@@ -48,22 +49,34 @@ class Outpainter:
     @classmethod
     def from_pretrained(
         cls,
-        base: str = DEFAULT_BASE,
-        controlnet: str = DEFAULT_CONTROLNET,
+        base: str | None = None,
+        controlnet: str | None = None,
         lora: str | Path | None = None,
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
         settings: OutpaintSection | None = None,
     ) -> Outpainter:
         """Load the base (SD inpainting or plain SD) and ControlNet by hub id or folder, and the LoRA
-        folder `handsynth outpaint train` wrote, on `device` (fp16 on a GPU, fp32 on the CPU)."""
+        folder `handsynth outpaint train` wrote, on `device` (fp16 on a GPU, fp32 on the CPU). A base or
+        ControlNet not given is the one the LoRA folder records, else the paper's."""
         device = resolve_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        models = load_outpaint_models(str(base), str(controlnet))
+        given = {"base": base, "controlnet": controlnet}
+        base, controlnet = outpaint_sources(base, controlnet, lora)
+        try:
+            models = load_outpaint_models(base, controlnet)
+        except HandsynthError as exc:
+            recorded = [f"outpaint.{key}" for key, value in given.items() if not value and lora is not None]
+            if not recorded or not read_lora_meta(lora):
+                raise
+            raise HandsynthError(
+                f"{exc}\n  ({' and '.join(recorded)} were empty, so they were taken from "
+                f"{Path(lora) / LORA_META}, which records what the LoRA was trained on)"
+            ) from None
         meta = None
         if lora is not None:
-            meta = load_lora(models.controlnet, lora)
-            warn_if_trained_elsewhere(meta, str(base), str(controlnet))
+            meta = load_lora(models.controlnet, lora, controlnet)
+            warn_if_trained_elsewhere(meta, base, controlnet)
         for model in (models.text_encoder, models.vae, models.unet, models.controlnet):
             model.requires_grad_(False).eval()
         return cls(models.to(device, dtype), settings, meta)

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
@@ -66,6 +67,7 @@ from handsynth.twostage.outpaint.models import (
     mask_input,
     masked_mse,
     masked_pixels,
+    outpaint_sources,
     pixels,
     predict_noise,
     save_lora,
@@ -136,7 +138,7 @@ def _item(data_dir: Path, row: dict, key: str) -> OutpaintItem:
 def _read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 127
+            return np.asarray(files.to_gray(image)) > 127
     except (OSError, ValueError) as exc:
         raise HandsynthError(f"cannot read the hand mask {path}: {exc}") from None
 
@@ -320,6 +322,10 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
 
     check_outpaint_settings(config)
     config = resolve_auto_settings(config)
+    base, controlnet = outpaint_sources(config.outpaint.base, config.outpaint.controlnet)
+    config = dataclasses.replace(
+        config, outpaint=dataclasses.replace(config.outpaint, base=base, controlnet=controlnet)
+    )
     settings = config.outpaint
     data_dir = Path(data_dir) if data_dir else default_output_dir(config)
     work = Path(config.run.output_dir) / "train" / "outpaint"
@@ -327,7 +333,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
     items = read_outpaint_items(data_dir, "train", settings.max_images)
     total = settings.epochs * math.ceil(len(items) / (settings.batch_size * acc.num_processes))
     set_seed(config.run.seed)
-    models = load_base_models(settings.base)
+    models = load_base_models(settings.base, config_key="outpaint.base")
     check_unet(models.unet, settings.base)
     controlnet = load_controlnet(settings.controlnet)
     plan = {
