@@ -79,8 +79,9 @@ class SharedOutput:
         if not parts:
             return
         main = self.out_dir / RECORDS
-        records = files.read_jsonl(main) if main.is_file() else []
-        files.write_jsonl(main, records + [r for part in parts for r in files.read_jsonl(part)])
+        records = files.read_jsonl(main, torn_end_ok=True) if main.is_file() else []
+        parts_records = [r for part in parts for r in files.read_jsonl(part, torn_end_ok=True)]
+        files.write_jsonl(main, records + parts_records)
         for part in parts:
             part.unlink()
 
