@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth.data.gestures import NO_GESTURE, check_gesture
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 V2_SPLITS = ("train", "val", "test")
@@ -169,7 +169,7 @@ def check_image(path: Path) -> str | None:
 def verify_images(records: list[HagridRecord]) -> tuple[list[HagridRecord], list[tuple[str, Path, str]]]:
     """Split `records` into those whose image decodes and (key, path, error) for those that do not."""
     good, corrupt = [], []
-    for record in tqdm(records, desc="verifying images", unit="img", disable=len(records) < 100):
+    for record in progress_bar(records, desc="verifying images", unit="img", disable=len(records) < 100):
         error = check_image(record.image_path)
         if error is None:
             good.append(record)

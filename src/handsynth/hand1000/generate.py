@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import vae_scale
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,9 @@ def generate_samples(
         if pipe is None:
             pipe = Hand1000Pipeline.from_pretrained(model_folder, device=config.run.device)
         pipe.sd.set_progress_bar_config(disable=True)
-        bar = tqdm(total=len(plan), initial=len(done), desc=f"generate {out_dir.name}", disable=not progress)
+        bar = progress_bar(
+            total=len(plan), initial=len(done), desc=f"generate {out_dir.name}", disable=not progress
+        )
         for start in range(0, len(todo), g.batch_size):
             batch = todo[start : start + g.batch_size]
             images = pipe(

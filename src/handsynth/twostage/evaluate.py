@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config
@@ -36,6 +35,7 @@ from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
 from handsynth.evaluation.common import check_shared_settings, format_value
 from handsynth.perception.wholebody import check_pose
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def detect_poses(
     predictions: list[np.ndarray | None] = []
     scores: list[np.ndarray | None] = []
     unreadable: dict[str, str] = {}
-    for record in tqdm(records, desc="detecting poses", unit="img"):
+    for record in progress_bar(records, desc="detecting poses", unit="img"):
         try:
             rgb = files.load_rgb(record["image"])
         except HandsynthError as exc:

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
+from handsynth.progress import progress_bar
 from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
 from handsynth.twostage.outpaint.models import default_lora_dir
@@ -207,7 +207,7 @@ def generate_twostage(
     ]
     done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("image",), key="key", what="the pose")
     todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
-    for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
+    for job, record in progress_bar(todo, desc="two-stage", disable=not progress, unit="img"):
         if pipe is None:
             pipe = load() if load else load_pipeline(config)
         result = pipe(

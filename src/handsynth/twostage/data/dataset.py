@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
@@ -44,6 +43,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.progress import progress_bar
 from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
 from handsynth.twostage.data.masks import make_masker, read_mask
@@ -413,7 +413,7 @@ def build_pose_dataset(
 
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
     skipped["missing"] = [(key, f"{path} is missing") for key, path in index.missing if in_shard(key, shard)]
-    for item in tqdm(todo, desc="two-stage images", unit="img", disable=not progress):
+    for item in progress_bar(todo, desc="two-stage images", unit="img", disable=not progress):
         try:
             entry = process_item(item, out, config, own, poses, masker_for)
         except _Skip as skip:
@@ -582,7 +582,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
         image_rows += rows
         hand_rows += crops
         reports.append(json.loads((folder / "report.json").read_text(encoding="utf-8")))
-    for folder, rel in tqdm(moves, desc="merging shards", unit="file", disable=not progress):
+    for folder, rel in progress_bar(moves, desc="merging shards", unit="file", disable=not progress):
         _link(folder / rel, base / rel)
     order = {split: i for i, split in enumerate(SPLITS)}
     for rows in (image_rows, hand_rows):

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 from handsynth.twostage.handgen.pipeline import (
     HandGeneratorPipeline,
     hand_heatmaps,
@@ -154,7 +154,9 @@ def generate_hands(
     if todo:
         pipe = HandGeneratorPipeline.from_pretrained(model_folder, device=config.run.device)
         pipe.check_size(size, size)
-    bar = tqdm(total=len(plan), initial=len(done), desc="handgen generate", disable=not progress, unit="hand")
+    bar = progress_bar(
+        total=len(plan), initial=len(done), desc="handgen generate", disable=not progress, unit="hand"
+    )
     for start in range(0, len(todo), handgen.sample_batch_size):
         batch = todo[start : start + handgen.sample_batch_size]
         masks = [job["mask"] for job, _ in batch]

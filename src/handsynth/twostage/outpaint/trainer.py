@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.wholebody import check_pose
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import (
     BaseModels,
     ddim_scheduler,
@@ -99,7 +99,7 @@ def read_outpaint_items(
     if max_images > 0:
         rows = rows[:max_images]
     items, bad = [], []
-    for row in tqdm(rows, desc="check images", leave=False):
+    for row in progress_bar(rows, desc="check images", leave=False):
         key = str(row.get("key"))
         try:
             item = _item(data_dir, row, key)
