@@ -395,6 +395,15 @@ def test_evaluate_command_passes_metrics_to_the_two_stage_method_and_refuses_han
     assert "--gesture is for --method hand1000" in err and "twostage_feature_dims" in err
 
 
+def _sample_lines(setup: dict, samples: Path, n: int) -> list[dict]:
+    """The first `n` generated images in a samples folder, with their records.jsonl lines (not written)."""
+    lines = []
+    for i, record in enumerate(setup["records"][:n]):
+        files.save_image(samples / f"images/{i}.png", Image.open(record["image"]))
+        lines.append({**record, "image": f"images/{i}.png", "keypoints": record["keypoints"].tolist()})
+    return lines
+
+
 @pytest.mark.slow
 def test_evaluate_samples_runs_holistic_once_per_image_and_feeds_poses_masks_and_grid(
     setup, tmp_path, monkeypatch
@@ -405,10 +414,7 @@ def test_evaluate_samples_runs_holistic_once_per_image_and_feeds_poses_masks_and
 
     root = setup["root"]
     samples = tmp_path / "samples"
-    lines = []
-    for i, record in enumerate(setup["records"][:3]):
-        files.save_image(samples / f"images/{i}.png", Image.open(record["image"]))
-        lines.append({**record, "image": f"images/{i}.png", "keypoints": record["keypoints"].tolist()})
+    lines = _sample_lines(setup, samples, 3)
     files.write_jsonl(samples / "records.jsonl", lines)
     calls = Counter()
     detect = PoseDetector.detect
@@ -448,10 +454,7 @@ def test_sam_person_masks_are_prompted_with_the_known_pose(setup, tmp_path, monk
 
     root = setup["root"]
     samples = tmp_path / "samples"
-    lines = []
-    for i, record in enumerate(setup["records"][:2]):
-        files.save_image(samples / f"images/{i}.png", Image.open(record["image"]))
-        lines.append({**record, "image": f"images/{i}.png", "keypoints": record["keypoints"].tolist()})
+    lines = _sample_lines(setup, samples, 2)
     lines[1]["keypoints"] = np.where(
         np.arange(133)[:, None] < 23, 0, np.array(lines[1]["keypoints"])
     ).tolist()
