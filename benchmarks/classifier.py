@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample
 from handsynth.files import load_rgb
 from handsynth.perception import classifier as after_module
 from handsynth.perception.classifier import TARGET_GESTURES, UNKNOWN
+from handsynth.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
 HAGRID_MINI = REPO.parent / "shared" / "data" / "hagrid-mini"
@@ -160,7 +160,7 @@ def run_real(tally: Tally, classifiers: dict) -> None:
     photos = sorted(HAGRID_MINI.glob("images/*/*.jpg"))
     if len(photos) != 33:
         sys.exit(f"expected the 33 hagrid-mini photos under {HAGRID_MINI}, found {len(photos)}")
-    for path in tqdm(photos, desc="real photos"):
+    for path in progress_bar(photos, desc="real photos"):
         gesture = path.parent.name
         image = Image.fromarray(load_rgb(path))
         copies = [("mirrored", 0, ImageOps.mirror(image)), *variants(image, scales=(3,))]
@@ -183,7 +183,7 @@ def run_real(tally: Tally, classifiers: dict) -> None:
 
 def run_synthetic(tally: Tally, classifiers: dict, per_gesture: int, seed: int) -> None:
     for gesture in SYNTHETIC_GESTURES:
-        for index in tqdm(range(per_gesture), desc=f"synthetic {gesture}"):
+        for index in progress_bar(range(per_gesture), desc=f"synthetic {gesture}"):
             image, _ = render_sample(seed, gesture, index, 512)
             copies = [("as rendered", 0, image), *variants(image, scales=(2, 3))]
             for side, classifier in classifiers.items():

@@ -13,12 +13,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample
 from handsynth.files import load_rgb
 from handsynth.perception.hands import STAGE1, HandDetector
+from handsynth.progress import progress_bar
 
 HAGRID_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "hagrid-mini"
 
@@ -33,11 +33,11 @@ def main() -> None:
     results: dict = {"size": args.size, "per_gesture": args.per_gesture, "synthetic": {}}
     with HandDetector(**STAGE1) as detector:
         real = sorted(HAGRID_MINI.glob("images/*/*.jpg"))
-        found = sum(detector.detect(load_rgb(p)).first is not None for p in tqdm(real, desc="real"))
+        found = sum(detector.detect(load_rgb(p)).first is not None for p in progress_bar(real, desc="real"))
         results["real"] = {"images": len(real), "detected": found, "rate": found / max(1, len(real))}
         for gesture in SYNTHETIC_GESTURES:
             detected, errors = 0, []
-            for index in tqdm(range(args.per_gesture), desc=gesture):
+            for index in progress_bar(range(args.per_gesture), desc=gesture):
                 image, entry = render_sample(args.seed, gesture, index, args.size)
                 hand = detector.detect(np.asarray(image)).first
                 if hand is not None:

@@ -43,15 +43,22 @@ def setup(hagrid_mini, tmp_path_factory) -> dict:
     from handsynth.tiny.clip import write_tiny_clip
 
     root = tmp_path_factory.mktemp("twostage-eval")
+    rng = np.random.default_rng(0)
     rows = []
     for i, gesture in enumerate([*REAL, "holy"]):
         rel = f"images/{i:03d}.png"
         photo = Image.open(next((hagrid_mini / "images" / gesture).glob("*.jpg"))).convert("RGB")
         files.save_image(root / "data" / rel, photo.resize((96, 96)))
-        rows.append({"key": f"k{i}", "split": "test" if i < 6 else "train", "image": rel, "gesture": gesture})
+        truth = empty_pose()
+        truth[:, :2] = rng.uniform(10, 86, (133, 2))
+        truth[:, 2] = 2
+        body = i not in (0, 3)
+        if not body:  # a close-up: hands and face only
+            truth[:23, 2] = 0
+        row = {"key": f"k{i}", "split": "test" if i < 6 else "train", "image": rel, "gesture": gesture}
+        rows.append({**row, "keypoints": truth.tolist(), "width": 96, "height": 96, "body": body})
     files.write_jsonl(root / "data" / "images.jsonl", rows)
 
-    rng = np.random.default_rng(0)
     records, detections = [], {}
     for i, gesture in enumerate(GENERATED):
         photo = Image.open(next((hagrid_mini / "images" / gesture).glob("*.jpg"))).convert("RGB")
@@ -100,12 +107,25 @@ def _config(setup: dict) -> Config:
     return config
 
 
-def _detector(setup: dict):
-    def detect(rgb: np.ndarray):
+def _detections(setup: dict, records: list[dict] | None = None) -> ets.Detections:
+    """What the detector found on each generated image, as the pose extraction gives it."""
+    poses = []
+    for record in records or setup["records"]:
+        rgb = files.load_rgb(record["image"])
         found = setup["detections"][_digest(rgb)]
-        return None if found is None else found.copy()
+        keypoints = None if found is None else found.tolist()
+        poses.append({"keypoints": keypoints, "scores": None, "width": rgb.shape[1], "height": rgb.shape[0]})
+    return ets.Detections(poses)
 
-    return detect
+
+def _central_masks(setup: dict, real=None, generated=None) -> ets.FgMasks:
+    n_real = len(ets.real_image_paths(setup["root"] / "data"))
+    return ets.FgMasks(
+        "central half",
+        [_central_mask] * n_real if real is None else real,
+        [_central_mask] * len(setup["records"]) if generated is None else generated,
+        "central",
+    )
 
 
 @pytest.mark.slow
@@ -114,7 +134,7 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
     config = _config(setup)
     out = root / "run" / "eval-twostage"
     report = ets.evaluate_twostage(
-        config, records, root / "data" / "images.jsonl", out, _detector(setup), _central_mask
+        config, records, root / "data" / "images.jsonl", out, _detections(setup), _central_masks(setup)
     )
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     m = report["metrics"]
@@ -172,8 +192,8 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
             fg = metrics.fid_from_features(real_fg, fake_fg)
             assert m["fid_fg"]["value"] == pytest.approx(fg, rel=1e-6)
             assert abs(fg - generic) > 1e-3 * generic  # removing the background changed the features
-    assert m["fid_fg"]["masks"] == {"real_without_person": 0, "generated_without_person": 0}
-    assert report["settings"]["segmenter"] == "_central_mask"
+    assert m["fid_fg"]["left_out"] == {"real": 0, "generated": 0} == report["fg_left_out"]
+    assert report["settings"]["fg_masks"] == "central half"
     assert m["kid_fg"]["real"] == 6 and m["kid_fg"]["generated"] == 5
 
     clip = metrics.clip_similarity(fake_paths, [r["prompt"] for r in records], str(setup["clip"]), "cpu")
@@ -211,7 +231,12 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
 
     monkeypatch.setattr(inception, "extract_tap_features", counting)
     again = ets.evaluate_twostage(
-        config, records[:3], root / "data", root / "run" / "again", _detector(setup), wanted=["fid"]
+        config,
+        records[:3],
+        root / "data",
+        root / "run" / "again",
+        _detections(setup, records[:3]),
+        wanted=["fid"],
     )
     assert seen == fake_paths[:3] and set(again["metrics"]) == {"fid"}
     assert again["metrics"]["fid"]["real"] == 6
@@ -240,43 +265,81 @@ def test_remove_background_reads_every_mask_kind(tmp_path):
         ets.remove_background(rgb, keep.T, name="photo.png")
 
 
-def test_foreground_loaders_from_masks_or_a_segmenter(tmp_path):
-    rgbs = [np.full((4, 4, 3), 100 + i, np.uint8) for i in range(3)]
+def test_foreground_loaders_leave_out_images_without_a_mask(tmp_path):
+    rgbs = [np.full((4, 4, 3), 100 + i, np.uint8) for i in range(4)]
     paths = []
     for i, rgb in enumerate(rgbs):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(rgb).save(paths[-1])
-    masks = [np.eye(4, dtype=bool), None, np.ones((4, 4), np.uint8)]
-    empty: list[int] = []
-    loaded = [load() for load in ets.foreground_loaders(paths, masks, without_person=empty)]
-    np.testing.assert_array_equal(loaded[0][..., 0], np.eye(4) * 100)
-    assert not loaded[1].any() and (loaded[2] == 102).all() and empty == [1]
     calls = []
-    segmenter = lambda rgb: calls.append(int(rgb[0, 0, 0])) or rgb[..., 0] > 100  # noqa: E731
-    loaders = ets.foreground_loaders(rgbs, segmenter)
-    assert calls == []  # nothing is read or segmented before Inception asks
-    assert not loaders[0]().any() and (loaders[2]() == 102).all() and calls == [100, 102]
-    with pytest.raises(HandsynthError, match="3 images but 2 masks"):
+    made = lambda rgb: calls.append(int(rgb[0, 0, 0])) or rgb[..., 0] > 102  # noqa: E731
+    masks = [np.eye(4, dtype=bool), None, made, made]
+    loaders, kept = ets.foreground_loaders(paths, masks)
+    assert kept == [0, 2, 3] and len(loaders) == 3 and calls == []  # nothing is read before Inception asks
+    np.testing.assert_array_equal(loaders[0]()[..., 0], np.eye(4) * 100)
+    with pytest.raises(HandsynthError, match="2.png: no person in its mask"):
+        loaders[1]()  # a made mask that is empty: skipped by Inception, never scored black
+    assert (loaders[2]() == 103).all() and calls == [102, 103]
+    with pytest.raises(HandsynthError, match="4 images but 2 masks"):
         ets.foreground_loaders(paths, masks[:2])
 
 
-def test_detect_poses_rescales_to_the_truth_frame_and_skips_unreadable_images(tmp_path):
-    path = tmp_path / "a.png"
-    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(path)
+@pytest.mark.slow
+def test_images_without_a_person_mask_are_left_out_of_the_fg_sets_and_counted(setup):
+    root, records = setup["root"], setup["records"]
+    config = _config(setup)
+    config.evaluate.cache_dir = str(root / "fg-cache")
+    real_paths = ets.real_image_paths(root / "data")
+    empty = lambda rgb: np.zeros(rgb.shape[:2], bool)  # noqa: E731
+    real = [_central_mask] * 6
+    real[1] = None
+    generated = [_central_mask, _central_mask, empty, _central_mask, _central_mask]
+    fg = _central_masks(setup, real, generated)
+    out = root / "run" / "left-out"
+    report = ets.evaluate_twostage(config, records, root / "data", out, None, fg, wanted=["fid_fg", "kid_fg"])
+    m = report["metrics"]
+    assert report["fg_left_out"] == {"real": 1, "generated": 1} == m["fid_fg"]["left_out"]
+    assert m["fid_fg"]["real"] == 5 and m["fid_fg"]["generated"] == 4
+
+    def blacked(paths):
+        images = []
+        for path in paths:
+            rgb = files.load_rgb(path)
+            rgb[~_central_mask(rgb)] = 0
+            images.append(rgb)
+        return images
+
+    model = inception.load_inception(setup["weights"], feature_dim=192)
+    real_fg, _ = inception.extract_features(model, blacked([p for i, p in enumerate(real_paths) if i != 1]))
+    fake_fg, _ = inception.extract_features(
+        model, blacked([r["image"] for i, r in enumerate(records) if i != 2])
+    )
+    assert m["fid_fg"]["value"] == pytest.approx(metrics.fid_from_features(real_fg, fake_fg), rel=1e-6)
+    assert "without a person mask, left out: 1 real, 1 generated" in (out / "report.md").read_text()
+    # the real fg features come from the cache the second time; another set of masks is another entry
+    cached = sorted((root / "fg-cache").glob("*.npz"))
+    ets.evaluate_twostage(config, records, root / "data", out, None, fg, wanted=["fid_fg"])
+    assert sorted((root / "fg-cache").glob("*.npz")) == cached
+    ets.evaluate_twostage(config, records, root / "data", out, None, _central_masks(setup), wanted=["fid_fg"])
+    assert len(list((root / "fg-cache").glob("*.npz"))) == len(cached) + 1
+
+
+def test_detections_are_rescaled_to_the_truth_frame():
     found = empty_pose()
     found[0] = (10, 20, 2)
-    records = [
-        {"image": path, "width": 200, "height": 200},
-        {"image": tmp_path / "missing.png", "width": 200, "height": 200},
-    ]
-    predictions, scores, unreadable = ets.detect_poses(records, lambda rgb: (found, np.full(133, 0.5)))
-    np.testing.assert_allclose(predictions[0][0], (20, 80, 2))  # x * 200/100, y * 200/50
-    assert found[0, 0] == 10  # the detector's own array is left alone
-    assert (
-        scores[0][0] == 0.5 and predictions[1] is None and list(unreadable) == [str(tmp_path / "missing.png")]
+    records = [{"image": "a.png", "width": 200, "height": 200}] * 2
+    detections = ets.Detections(
+        [{"keypoints": found.tolist(), "scores": [0.5] * 133, "width": 100, "height": 50}, None]
     )
-    with pytest.raises(HandsynthError, match="pose detected on"):
-        ets.detect_poses(records[:1], lambda rgb: np.zeros((17, 3)))
+    predictions, scores = ets.in_truth_frames(records, detections)
+    np.testing.assert_allclose(predictions[0][0], (20, 80, 2))  # x * 200/100, y * 200/50
+    assert scores[0][0] == 0.5 and predictions[1] is None and scores[1] is None
+    with pytest.raises(HandsynthError, match="pose detected on a.png"):
+        ets.in_truth_frames(
+            records[:1], ets.Detections([{"keypoints": [[0, 0, 2]], "width": 1, "height": 1}])
+        )
+    with pytest.raises(HandsynthError, match="2 generated images but 1 detections"):
+        ets.in_truth_frames(records, ets.Detections([None]))
 
 
 def test_bad_records_settings_and_manifests_are_named(tmp_path):
@@ -297,12 +360,12 @@ def test_bad_records_settings_and_manifests_are_named(tmp_path):
         ets.real_image_paths(tmp_path)
     config = Config()
     with pytest.raises(HandsynthError, match="unknown metrics"):
-        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print, wanted=["fid_h"])
-    with pytest.raises(HandsynthError, match="need a pose detector"):
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", None, wanted=["fid_h"])
+    with pytest.raises(HandsynthError, match="need the detected poses"):
         ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", None)
     config.evaluate.twostage_feature_dims = [100]
     with pytest.raises(HandsynthError, match="twostage_feature_dims"):
-        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", print)
+        ets.evaluate_twostage(config, [record], tmp_path, tmp_path / "out", None)
     # the settings both evaluations read are checked here too: a KID subset of 1 divides by zero
     for key, value, message in [
         ("evaluate.kid_subset_size", 1, "kid_subset_size >= 2"),
@@ -332,32 +395,97 @@ def test_evaluate_command_passes_metrics_to_the_two_stage_method_and_refuses_han
     assert "--gesture is for --method hand1000" in err and "twostage_feature_dims" in err
 
 
-@pytest.mark.slow
-def test_person_masks_come_from_holistic_or_from_sam_prompted_with_its_body(hagrid_mini, tmp_path):
-    from handsynth.files import load_rgb
-    from handsynth.perception.pose import PoseDetector
-    from handsynth.tiny.sam import write_tiny_sam
-    from handsynth.twostage.evaluate import PersonMasks
+def _sample_lines(setup: dict, samples: Path, n: int) -> list[dict]:
+    """The first `n` generated images in a samples folder, with their records.jsonl lines (not written)."""
+    lines = []
+    for i, record in enumerate(setup["records"][:n]):
+        files.save_image(samples / f"images/{i}.png", Image.open(record["image"]))
+        lines.append({**record, "image": f"images/{i}.png", "keypoints": record["keypoints"].tolist()})
+    return lines
 
-    photos = sorted((hagrid_mini / "images").glob("*/*.jpg"))
-    sam = write_tiny_sam(tmp_path / "sam")
-    with PoseDetector(segmentation=True) as detector:
-        with_body = next(p for p in photos if detector.detect(load_rgb(p)).body)
-        without = next(p for p in photos if not detector.detect(load_rgb(p)).body)
-        holistic = PersonMasks(detector, "holistic")
-        prompted = PersonMasks(detector, "sam", str(sam), "cpu")
-        rgb = load_rgb(with_body)
-        expected = detector.detect(rgb).person_mask()
-        np.testing.assert_array_equal(holistic(rgb), expected)
-        mask = prompted(rgb)
-        assert mask.shape == rgb.shape[:2] and mask.dtype == bool
-        np.testing.assert_array_equal(mask, prompted.sam.segment_person(rgb, detector.detect(rgb).keypoints))
-        assert prompted(load_rgb(without)) is None and holistic(load_rgb(without)) is None
-        assert "SAM" in prompted.name and holistic.name == "holistic segmentation"
-        with pytest.raises(HandsynthError, match="evaluate.fg_masks must be one of holistic, sam"):
-            PersonMasks(detector, "grabcut")
-        with pytest.raises(HandsynthError, match='fg_masks = "sam" needs pose.sam_model'):
-            PersonMasks(detector, "sam", "")
+
+@pytest.mark.slow
+def test_evaluate_samples_runs_holistic_once_per_image_and_feeds_poses_masks_and_grid(
+    setup, tmp_path, monkeypatch
+):
+    from collections import Counter
+
+    from handsynth.perception.pose import PoseDetector
+
+    root = setup["root"]
+    samples = tmp_path / "samples"
+    lines = _sample_lines(setup, samples, 3)
+    files.write_jsonl(samples / "records.jsonl", lines)
+    calls = Counter()
+    detect = PoseDetector.detect
+    monkeypatch.setattr(
+        PoseDetector, "detect", lambda self, rgb: calls.update([_digest(rgb)]) or detect(self, rgb)
+    )
+    config = _config(setup)
+    config.pose.workers = 1
+    config.evaluate.cache_dir = str(tmp_path / "cache")
+    report = ets.evaluate_samples(config, samples, root / "data", tmp_path / "eval", progress=False)
+    real = [files.load_rgb(p) for p in ets.real_image_paths(root / "data")]
+    generated = [files.load_rgb(samples / line["image"]) for line in lines]
+    # one Holistic run per image: for DAP/MPJPE, the fg mask and the grid together
+    assert set(calls) == {_digest(rgb) for rgb in real + generated} and set(calls.values()) == {1}
+    with PoseDetector(segmentation=True) as fresh:
+        found = [fresh.detect(rgb) for rgb in real + generated]
+    detections = files.read_jsonl(tmp_path / "eval" / "detections.jsonl")
+    for pose, line in zip(found[6:], detections, strict=True):
+        assert (line["keypoints"] is None) == (not pose.found)
+        if pose.found:  # in the 256 px frame of the ground truth, from the 128 px image
+            np.testing.assert_allclose(
+                np.array(line["keypoints"])[:, :2], pose.keypoints[:, :2] * 2, atol=0.01
+            )
+    without = [pose.person_mask() is None or not pose.person_mask().any() for pose in found]
+    assert report["fg_left_out"] == {"real": sum(without[:6]), "generated": sum(without[6:])}
+    assert report["metrics"]["kid_fg"]["real"] == 6 - sum(without[:6])
+    calls.clear()
+    ets.evaluate_samples(config, samples, root / "data", tmp_path / "again", progress=False)
+    assert not calls  # every pose and mask from the cache
+
+
+@pytest.mark.slow
+def test_sam_person_masks_are_prompted_with_the_known_pose(setup, tmp_path, monkeypatch):
+    from handsynth.perception.pose import PoseDetector
+    from handsynth.perception.sam import SamSegmenter
+    from handsynth.tiny.sam import write_tiny_sam
+
+    root = setup["root"]
+    samples = tmp_path / "samples"
+    lines = _sample_lines(setup, samples, 2)
+    lines[1]["keypoints"] = np.where(
+        np.arange(133)[:, None] < 23, 0, np.array(lines[1]["keypoints"])
+    ).tolist()
+    files.write_jsonl(samples / "records.jsonl", lines)
+    prompts = []
+    segment = SamSegmenter.segment_person
+    monkeypatch.setattr(
+        SamSegmenter,
+        "segment_person",
+        lambda self, rgb, pose, **k: prompts.append(pose) or segment(self, rgb, pose, **k),
+    )
+    monkeypatch.setattr(PoseDetector, "detect", lambda self, rgb: pytest.fail("Holistic is not needed"))
+    config = _config(setup)
+    config.evaluate.fg_masks = "sam"
+    config.pose.sam_model = str(write_tiny_sam(tmp_path / "sam"))
+    config.evaluate.cache_dir = str(tmp_path / "cache")
+    report = ets.evaluate_samples(
+        config, samples, root / "data", tmp_path / "eval", ["fid_fg"], progress=False
+    )
+    rows = [r for r in files.read_jsonl(root / "data" / "images.jsonl") if r["split"] == "test"]
+    # real: the ground-truth pose of each row with a body; generated: the pose it was made from, at the
+    # image's 128 px; the second generated pose has no body (hands and face only): no mask, left out
+    expected = [np.array(r["keypoints"]) for r in rows if r["body"]] + [
+        np.array(lines[0]["keypoints"]) / [2, 2, 1]
+    ]
+    assert len(prompts) == len(expected)
+    for pose, want in zip(prompts, expected, strict=True):
+        np.testing.assert_allclose(pose, want, atol=1e-4)
+    assert report["fg_left_out"]["real"] >= sum(not r["body"] for r in rows)
+    assert report["fg_left_out"]["generated"] >= 1
+    assert "SAM" in report["settings"]["fg_masks"]
 
 
 def test_the_config_asks_every_two_stage_metric_by_default():

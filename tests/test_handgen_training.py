@@ -23,8 +23,10 @@ from handsynth.twostage.handgen.data import (
     AUGMENT_P,
     BRIGHTNESS,
     CONTRAST,
+    PREFETCH_BATCHES,
     RGB_SHIFT,
     augment,
+    batch_loader,
     drop_masks,
     load_batch,
     read_hand_items,
@@ -120,6 +122,21 @@ def test_a_batch_holds_pixels_mask_targets_and_the_condition(hands_manifest):
     # row 0 has its hand in the left slot, row 1 in the right one
     assert batch.conditions[0, :5].max() > 0.5 and batch.conditions[0, 5:10].max() == 0
     assert batch.conditions[1, :5].max() == 0 and batch.conditions[1, 5:10].max() > 0.5
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_yields_the_planned_batches_in_order_from_its_workers(hands_manifest, workers):
+    items = read_hand_items(hands_manifest)
+    plan = [[3, 1], [0, 7], [5, 2], [6, 4], [1, 1]]
+    loader = batch_loader(items, plan, 32, 4, workers)
+    assert (loader.num_workers, loader.persistent_workers) == (workers, workers > 0)
+    assert loader.prefetch_factor == (PREFETCH_BATCHES if workers else None)
+    batches = list(loader)
+    assert [b.keys for b in batches] == [[items[i].key for i in index] for index in plan]
+    for batch, index in zip(batches, plan, strict=True):
+        expected = load_batch([items[i] for i in index], 32, 4)
+        assert torch.equal(batch.pixels, expected.pixels) and torch.equal(batch.masks, expected.masks)
+        assert torch.equal(batch.conditions, expected.conditions) and batch.captions == expected.captions
 
 
 def test_augmentation_matches_its_formula_and_draws_7_numbers_per_image():
@@ -236,13 +253,15 @@ def model_weights(folder: Path) -> dict[str, torch.Tensor]:
 def trained(tiny_sd_path, hands_manifest, tmp_path_factory) -> Path:
     """An uninterrupted run: 8 crops, batch 4, 3 epochs = 6 steps."""
     run = tmp_path_factory.mktemp("straight")
-    train_handgen(tiny_config(tiny_sd_path, handgen__epochs=3, handgen__lr=1e-4), hands_manifest, run)
+    config = tiny_config(tiny_sd_path, handgen__epochs=3, handgen__lr=1e-4, train__num_workers=0)
+    train_handgen(config, hands_manifest, run)
     return run
 
 
 @pytest.mark.slow
 def test_stopped_and_resumed_training_ends_bit_identical(trained, tiny_sd_path, hands_manifest, tmp_path):
-    keys = dict(handgen__epochs=3, handgen__lr=1e-4, train__checkpoint_every=2)
+    # the uninterrupted run loaded its batches in its own process; this one in 2 workers, stopped and resumed
+    keys = dict(handgen__epochs=3, handgen__lr=1e-4, train__checkpoint_every=2, train__num_workers=2)
     train_handgen(tiny_config(tiny_sd_path, train__max_steps=3, **keys), hands_manifest, tmp_path)
     assert (tmp_path / "train" / "handgen" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
     assert json.loads((tmp_path / "models" / "handgen" / "handgen.json").read_text())["trained_steps"] == 3

@@ -235,15 +235,42 @@ def test_bad_rows_are_skipped_with_a_warning_and_bad_settings_refused(config_for
     rows[2]["image"] = "images/missing.png"
     rows.append({**rows[0], "key": "test-row", "split": "test"})
     (broken / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    items = read_outpaint_items(broken)
-    assert [item.key for item in items] == [rows[0]["key"]]
+    items, left_out = read_outpaint_items(broken)
+    assert [item.key for item in items] == [rows[0]["key"]] and left_out == {
+        "small_hand_mask": 0,
+        "multi_person": 0,
+    }
     assert "skipped 2 of 3 'train' rows" in caplog.text and "a pose is 133" in caplog.text
     assert "image not found" in caplog.text
-    assert [i.key for i in read_outpaint_items(broken, "test")] == ["test-row"]
+    assert [i.key for i in read_outpaint_items(broken, "test")[0]] == ["test-row"]
     with pytest.raises(HandsynthError, match="outpaint.skeleton must be one of"):
         train_outpainter(config_for(tmp_path, outpaint__skeleton="stick"), data_dir)
     with pytest.raises(HandsynthError, match="the UNet of 'hand-generator' reads 15 channels"):
         check_unet(SimpleNamespace(config=SimpleNamespace(in_channels=15)), "hand-generator")
+
+
+def test_the_papers_filters_leave_small_hands_and_several_people_out_and_are_counted(
+    config_for, data_dir, tmp_path
+):
+    rows = [json.loads(line) for line in (data_dir / "images.jsonl").read_text().splitlines()]
+    filtered = tmp_path / "filtered"
+    filtered.mkdir()
+    for name in ("images", "masks"):
+        (filtered / name).symlink_to(data_dir / name)
+    rows[0]["outpaint"] = False  # a hand mask under 2,500 px at 512 px
+    rows[1]["single_person"] = False
+    (filtered / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items, left_out = read_outpaint_items(filtered)
+    assert [item.key for item in items] == [r["key"] for r in rows[2:]]
+    assert left_out == {"small_hand_mask": 1, "multi_person": 1}
+    folder = train_outpainter(config_for(tmp_path, outpaint__epochs=1), filtered)
+    meta = json.loads((folder / LORA_META).read_text())
+    assert meta["images"] == len(rows) - 2 and meta["left_out"] == left_out
+    for row in rows:
+        row["outpaint"] = False
+    (filtered / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(HandsynthError, match="pose.min_mask_pixels"):
+        read_outpaint_items(filtered)
 
 
 def test_a_plain_4_channel_base_trains_too(tiny_sd_path, tiny_controlnet_path, data_dir, tmp_path):

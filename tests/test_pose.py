@@ -243,37 +243,3 @@ def test_bad_input_is_a_clear_error():
             detector.detect(np.zeros((10, 10), np.uint8))
     with pytest.raises(HandsynthError, match="closed"):
         detector.detect(np.zeros((10, 10, 3), np.uint8))
-
-
-def test_detector_and_segmenter_as_the_evaluation_takes_them(hagrid_mini):
-    call = load_rgb(next((hagrid_mini / "images" / "call").glob("*.jpg")))
-    empty = np.full((120, 160, 3), 128, np.uint8)
-    with PoseDetector(segmentation=True) as detector:
-        pose = detector.detect(call)
-        keypoints, scores = detector.pose_and_scores(call)
-        np.testing.assert_array_equal(keypoints, pose.keypoints)
-        np.testing.assert_array_equal(scores, pose.scores)
-        np.testing.assert_array_equal(detector.person_mask(call), pose.person_mask())
-        assert detector.person_mask(call).shape == call.shape[:2]
-        assert detector.pose_and_scores(empty) is None and detector.person_mask(empty) is None
-    with PoseDetector(fill_hands=False) as detector, pytest.raises(HandsynthError, match="segmentation=True"):
-        detector.person_mask(call)
-
-
-def test_the_pose_and_the_mask_of_one_image_cost_one_holistic_run(hagrid_mini):
-    """The two-stage evaluation asks for the pose and then the person mask of each image."""
-    call = load_rgb(next((hagrid_mini / "images" / "call").glob("*.jpg")))
-    palm = load_rgb(next((hagrid_mini / "images" / "palm").glob("*.jpg")))
-    with PoseDetector(segmentation=True) as detector:
-        pose, scores = detector.pose_and_scores(call)
-        mask = detector.person_mask(call)
-        again = detector.detect(call.copy())  # equal pixels in another array: the kept result
-        assert detector.calls == 1
-        detector.detect(palm)
-        assert detector.calls == 2
-    with PoseDetector(segmentation=True) as fresh:
-        alone = fresh.detect(call)
-    np.testing.assert_array_equal(pose, alone.keypoints)
-    np.testing.assert_array_equal(scores, alone.scores)
-    assert (mask is None) == (alone.person_mask() is None)
-    np.testing.assert_array_equal(again.keypoints, pose)

@@ -130,6 +130,25 @@ def test_images_with_small_hand_masks_are_kept_for_evaluation_but_not_outpaintin
     )
 
 
+def test_images_of_more_than_one_person_are_flagged_and_counted(synthetic_build, tmp_path):
+    run, out, _ = synthetic_build
+    key = files.read_jsonl(out / "images.jsonl")[0]["key"]
+    source = tmp_path / "source"
+    shutil.copytree(run / "synthetic-hagrid", source)
+    annotations = next(
+        p for p in (source / "annotations").glob("*/*.json") if key in json.loads(p.read_text())
+    )
+    entries = json.loads(annotations.read_text())
+    entry = entries[key]  # two more hands than one person has: a second person
+    entry["bboxes"] += [[0.1, 0.1, 0.05, 0.05], [0.8, 0.1, 0.05, 0.05]]
+    entry["labels"] += ["no_gesture", "no_gesture"]
+    annotations.write_text(json.dumps(entries))
+    report = build_pose_dataset(_config(tmp_path / "run", **{"pose.source": str(source)}), progress=False)
+    rows = files.read_jsonl(tmp_path / "run" / "twostage-data" / "images.jsonl")
+    flagged = [r["key"] for r in rows if not r["single_person"]]
+    assert flagged == [key] and report["counts"]["multi_person"] == 1 and report["multi_person"] == [key]
+
+
 def test_shards_merge_into_the_unsharded_dataset(synthetic_build, tmp_path, capsys):
     run, whole, _ = synthetic_build
     flags = ["--output-dir", str(run), "--dataset-dir", str(tmp_path / "sharded")]

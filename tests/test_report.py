@@ -20,3 +20,16 @@ def test_the_two_stage_data_section_follows_pose_output_dir_outside_the_run(tmp_
     assert "<td>selected</td>" in text and ">7<" in text
     (src,) = re.findall(r'<img src="([^"]+)" alt="two-stage data contact sheet"', text)
     assert (page.parent / src).resolve() == (data / "contact_sheet.png").resolve()
+
+
+def test_the_two_stage_metrics_count_the_images_left_out_of_the_fg_sets(tmp_path):
+    run = tmp_path / "run"
+    files.write_text(run / "config.toml", '[run]\nmethods = ["twostage"]\n')
+    report = {
+        "metrics": {"fid_fg": {"value": 12.5, "feature_dim": 192}},
+        "settings": {"feature_dims": [192]},
+        "fg_left_out": {"real": 15, "generated": 3},
+    }
+    files.write_json(run / "twostage" / "eval" / "report.json", report)
+    text = write_run_report(run, []).read_text()
+    assert "15 real, 3 generated image(s) without one left out" in text

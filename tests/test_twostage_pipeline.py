@@ -284,8 +284,13 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
 
     from handsynth.twostage import ablation
     from handsynth.twostage import evaluate as ets
+    from handsynth.twostage.data.extract import PoseRun
 
     loads, scored = [], {}
+    pose = {"prompt": "a person", "keypoints": [[0.0, 0.0, 0.0]] * 133, "width": 8, "height": 8}
+
+    def record(key: str) -> dict:
+        return {"key": key, "image": f"images/{key}.png", **pose}
 
     def fake_generate(config, jobs, out_dir, pipe=None, load=None, progress=True, blending=""):
         if blending != "sequential":  # the sequential images are already made
@@ -293,10 +298,10 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         PILImage.new("RGB", (8, 8)).save(out_dir / "images" / "p0.png")
         if not (out_dir / "records.jsonl").is_file():
-            files.write_jsonl(out_dir / "records.jsonl", [{"key": "p0", "image": "images/p0.png"}])
-        return [{"key": "p0", "image": "images/p0.png"}]
+            files.write_jsonl(out_dir / "records.jsonl", [record("p0")])
+        return [record("p0")]
 
-    def fake_evaluate(config, records, real, out, detector, segmenter=None, wanted=(), split="test"):
+    def fake_evaluate(config, records, real, out, detections, fg_masks=None, wanted=(), split="test"):
         scored[os.path.basename(os.path.dirname(out))] = [r["key"] for r in records]
         result = {"value": 1.0, "feature_dim": 192, "detection_rate": 1.0}
         return {"metrics": {"fid": result, "dap": result, "mpjpe": result}}
@@ -304,8 +309,9 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
     monkeypatch.setattr(ablation, "load_pipeline", lambda config: loads.append(1) or "pipe")
     monkeypatch.setattr(ablation, "generate_twostage", fake_generate)
     monkeypatch.setattr(ets, "evaluate_twostage", fake_evaluate)
+    monkeypatch.setattr(ets, "detect_poses", lambda paths, *a, **k: PoseRun())
     made = tmp_path / "samples"  # the run's own generation, with a pose the ablation does not ask for
-    files.write_jsonl(made / "records.jsonl", [{"key": k, "image": f"images/{k}.png"} for k in ("p0", "p9")])
+    files.write_jsonl(made / "records.jsonl", [record(k) for k in ("p0", "p9")])
     jobs = [object()]
     table = ablation.run_blending_ablation(
         Config(), jobs, tmp_path, tmp_path / "ablation", progress=False, made={"sequential": made}

@@ -93,6 +93,9 @@ class TrainSection:
     max_images: int = 0  # 0: every training image
     unet_epochs: int = 0  # batched Stage III passes over the set; 0: unet_steps (the reference budget)
     max_steps: int = 0  # stop (checkpoint, save the model) after this many optimiser steps; 0: run to the end
+    num_workers: int = (
+        2  # handgen train: processes loading batches ahead of the step; 0: in the training process
+    )
 
 
 @dataclass

@@ -214,7 +214,7 @@ def _figure(out: Path, path: Path, caption: str) -> str:
 
 
 def _twostage_section(out: Path, data_dir: Path) -> str:
-    from handsynth.twostage.evaluate import METRIC_LABELS, headline
+    from handsynth.twostage.evaluate import METRIC_LABELS, headline, left_out_text
 
     root, parts = out / "twostage", []
     data = _read_json(data_dir / "report.json")
@@ -251,10 +251,13 @@ def _twostage_section(out: Path, data_dir: Path) -> str:
         rate = report["metrics"].get("mpjpe", {}).get("detection_rate")
         rate = "n/a" if rate is None else f"{rate:.0%}"
         dims = report["settings"].get("feature_dims")
+        left_out = report.get("fg_left_out")
+        left_out = f" ({left_out_text(left_out)} image(s) without one left out)" if left_out else ""
         parts.append(
             f'<p class="note">Poses detected by MediaPipe Holistic on {rate} of the generated images; '
             f"FID and KID on {dims[0] if dims else '?'}-d Inception features "
-            "(others in <code>twostage/eval/report.json</code>); fg: background removed by a person mask.</p>"
+            "(others in <code>twostage/eval/report.json</code>); fg: background removed by a person mask"
+            f"{html.escape(left_out)}.</p>"
         )
         parts.append(_image(out, root / "eval" / "samples.png", "ground-truth and detected poses"))
     ablation = _read_json(root / "ablation" / "ablation.json")

@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from handsynth import files
+from handsynth.progress import progress_bar
 
 RECORDS = "records.jsonl"
 PROCESS_RECORDS = "records.process-*.jsonl"
@@ -115,9 +114,13 @@ class SharedOutput:
         self.state.wait_for_everyone()
         return self._read()
 
-    def progress(self, desc: str, unit: str, enabled: bool = True) -> tqdm:
+    def progress(self, desc: str, unit: str, enabled: bool = True) -> Any:
         """A bar on the main process: the whole plan on one process, its own share among several."""
         if self.state.num_processes == 1:
-            return tqdm(total=len(self.plan), initial=self.done, desc=desc, unit=unit, disable=not enabled)
+            return progress_bar(
+                total=len(self.plan), initial=self.done, desc=desc, unit=unit, disable=not enabled
+            )
         desc = f"{desc} (process 0's share of {self.state.num_processes})"
-        return tqdm(total=len(self.share), desc=desc, unit=unit, disable=not (enabled and self.is_main))
+        return progress_bar(
+            total=len(self.share), desc=desc, unit=unit, disable=not (enabled and self.is_main)
+        )

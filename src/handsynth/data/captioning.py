@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
 from handsynth.hub import resolve_device
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def caption_images(
     if run.resumed:
         log.info("captioning: %d of %d images already captioned in %s", run.resumed, len(items), out_path)
 
-    with tqdm(total=len(todo), desc=f"captioning ({captioner.name})", unit="img") as bar:
+    with progress_bar(total=len(todo), desc=f"captioning ({captioner.name})", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             _caption_batch(captioner, batch, out_path, run)

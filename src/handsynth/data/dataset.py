@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
@@ -35,6 +34,7 @@ from handsynth.data.gestures import check_gesture
 from handsynth.data.hagrid import HagridRecord, check_image, detect_layout, read_hagrid
 from handsynth.data.rewriting import Rewrite, rewrite_captions, summarize
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def select_verified(
         selection = select_gesture(pool, n_train, n_test, seed, subject_disjoint)
         todo = [r for r in selection.train + selection.test if r.key not in checked]
         bad = set()
-        for record in tqdm(todo, desc=f"verifying {selection.gesture}", unit="img", leave=False):
+        for record in progress_bar(todo, desc=f"verifying {selection.gesture}", unit="img", leave=False):
             checked.add(record.key)
             error = check_image(record.image_path)
             if error is not None:
@@ -274,7 +274,7 @@ def prepare_images(
     images that failed to decode after all, as (key, path, error)."""
     jobs = [(split, r) for s in selections for split in SPLITS for r in getattr(s, split)]
     prepared, failed = [], []
-    for split, record in tqdm(jobs, desc=f"preparing images ({mode} crop)", unit="img"):
+    for split, record in progress_bar(jobs, desc=f"preparing images ({mode} crop)", unit="img"):
         rel = image_relpath(split, record)
         try:
             with Image.open(record.image_path) as image:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth.data.gestures import NO_GESTURE, check_gesture
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 V2_SPLITS = ("train", "val", "test")
@@ -37,6 +37,7 @@ class HagridRecord:
     landmarks_3d: np.ndarray | None = field(default=None, compare=False)  # (21, 3), synthetic data only
     united_bbox: tuple[float, float, float, float] | None = None  # both hands of a two-hand gesture
     caption: str | None = None  # synthetic data only: the caption its generator wrote
+    hand_boxes: int = 1  # hands annotated in the image: more than two means more than one person
 
     @property
     def gesture_box(self) -> tuple[float, float, float, float]:
@@ -113,6 +114,7 @@ def parse_entry(root: Path, gesture: str, split: str, key: str, entry: dict) -> 
         landmarks_3d=None if landmarks_3d is None else np.asarray(landmarks_3d, dtype=np.float64),
         united_bbox=None if united is None else tuple(united),
         caption=entry.get("caption"),
+        hand_boxes=len(entry["bboxes"]),
     )
 
 
@@ -169,7 +171,7 @@ def check_image(path: Path) -> str | None:
 def verify_images(records: list[HagridRecord]) -> tuple[list[HagridRecord], list[tuple[str, Path, str]]]:
     """Split `records` into those whose image decodes and (key, path, error) for those that do not."""
     good, corrupt = [], []
-    for record in tqdm(records, desc="verifying images", unit="img", disable=len(records) < 100):
+    for record in progress_bar(records, desc="verifying images", unit="img", disable=len(records) < 100):
         error = check_image(record.image_path)
         if error is None:
             good.append(record)

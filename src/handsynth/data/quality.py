@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from handsynth import files, hub
 from handsynth.errors import HandsynthError
 from handsynth.hub import resolve_device
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def image_features(
     """CLIP image embeddings (N_ok, D) float32 of the readable images, and {index: reason} of the rest."""
     device = next(model.parameters()).device
     chunks, skipped = [], {}
-    for start in tqdm(range(0, len(image_paths), batch_size), desc="CLIP images", unit="batch"):
+    for start in progress_bar(range(0, len(image_paths), batch_size), desc="CLIP images", unit="batch"):
         images = []
         for i, path in enumerate(image_paths[start : start + batch_size], start):
             try:
@@ -67,7 +67,7 @@ def text_features(model: Any, processor: Any, captions: Sequence[str], batch_siz
     """CLIP text embeddings (N, D) float32; captions longer than CLIP's 77 tokens are truncated."""
     device = next(model.parameters()).device
     chunks = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="CLIP captions", unit="batch"):
+    for start in progress_bar(range(0, len(captions), batch_size), desc="CLIP captions", unit="batch"):
         tokens = processor.tokenizer(
             list(captions[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
         ).to(device)

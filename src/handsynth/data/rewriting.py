@@ -19,10 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from handsynth.data.gestures import gesture_phrase
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +201,7 @@ def rewrite_captions(
         raise ValueError("llm rewriting needs a generator")
     rewrites: list[Rewrite] = []
     step = batch_size if mode == "llm" else max(len(items), 1)
-    with tqdm(total=len(items), desc=f"rewriting ({mode})", unit="caption") as bar:
+    with progress_bar(total=len(items), desc=f"rewriting ({mode})", unit="caption") as bar:
         for start in range(0, len(items), step):
             batch = items[start : start + step]
             answers = [None] * len(batch)

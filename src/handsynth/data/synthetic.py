@@ -19,11 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.data.gestures import NO_GESTURE, check_gesture
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +488,7 @@ def write_synthetic_hagrid(
         ):
             continue
         entries, poses = {}, {}
-        for index in tqdm(range(per_gesture), desc=f"synthetic {gesture}", unit="img"):
+        for index in progress_bar(range(per_gesture), desc=f"synthetic {gesture}", unit="img"):
             key = sample_key(seed, gesture, index)
             image_path = folder / "images" / gesture / f"{key}.jpg"
             figure = render_figure(seed, gesture, index, size)

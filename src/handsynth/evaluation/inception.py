@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.errors import HandsynthError
 from handsynth.evaluation.metrics import feature_statistics
 from handsynth.files import load_rgb
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def extract_tap_features(
         batch.clear()
         batch_idx.clear()
 
-    for i, item in enumerate(tqdm(images, desc=desc, unit="img")):
+    for i, item in enumerate(progress_bar(images, desc=desc, unit="img")):
         try:
             if callable(item):
                 image = item()

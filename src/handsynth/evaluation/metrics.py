@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import linalg
 from scipy.linalg import blas
-from tqdm import tqdm
 
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def hand_confidence(
     with_hand = 0
     skipped: dict[str, str] = {}
     with HandDetector(**HAND_CONF, model_complexity=model_complexity) as detector:
-        for path in tqdm(images, desc=desc, unit="img"):
+        for path in progress_bar(images, desc=desc, unit="img"):
             rgb = _read(path, skipped)
             if rgb is None:
                 continue
@@ -308,7 +308,7 @@ def hand_crops(
     skipped: dict[str, str] = {}
     box_margin = margin if mode == "per-hand" else 0.0
     with HandDetector(**FID_H, model_complexity=model_complexity, box_margin=box_margin) as detector:
-        for path in tqdm(images, desc=desc, unit="img"):
+        for path in progress_bar(images, desc=desc, unit="img"):
             rgb = _read(path, skipped)
             if rgb is None:
                 continue
@@ -352,7 +352,7 @@ def gesture_accuracy(
     correct = no_hand = 0
     skipped: dict[str, str] = {}
     with GestureClassifier() as classifier:
-        for path, target in zip(tqdm(images, desc=desc, unit="img"), targets, strict=True):
+        for path, target in zip(progress_bar(images, desc=desc, unit="img"), targets, strict=True):
             rgb = _read(path, skipped)
             if rgb is None:
                 continue

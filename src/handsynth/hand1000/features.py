@@ -22,7 +22,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import FeaturesSection
@@ -30,6 +29,7 @@ from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.hands import NUM_LANDMARKS, HandDetector, detect_in_workers, worker_context
+from handsynth.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _run_detections(
     """Yield `_detect_file` results: in worker processes started by `context`, or here if None."""
     if not jobs:  # everything cached: don't even load MediaPipe
         return
-    with tqdm(total=len(jobs), desc=f"hands [{label}]", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc=f"hands [{label}]", unit="img", disable=not progress) as bar:
         yield from detect_in_workers(
             jobs, _detect_file, _init_worker, (_detector_settings(settings),), settings.workers, context, bar,
             f"a Stage I worker process died while detecting hands in '{label}'; the landmarks found so far "

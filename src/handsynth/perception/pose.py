@@ -27,7 +27,6 @@ or shard (tests/test_pose.py checks this against a fresh graph per photo). The d
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -219,8 +218,7 @@ def fill_missing_hands(pose: WholeBody, detection: Detection) -> WholeBody:
 class PoseDetector:
     """MediaPipe Holistic (static images, model_complexity 1), with hands filled from MediaPipe Hands.
 
-    `.calls` counts the images it really ran on. `segmentation` also returns Holistic's person mask.
-    The last image's result is kept, so asking for its pose and then its mask runs Holistic once.
+    `.calls` counts the images it ran on. `segmentation` also returns Holistic's person mask.
     """
 
     def __init__(self, fill_hands: bool = True, segmentation: bool = False) -> None:
@@ -233,7 +231,6 @@ class PoseDetector:
             static_image_mode=True, model_complexity=HOLISTIC_COMPLEXITY, enable_segmentation=segmentation
         )
         self._hands = HandDetector(**HANDS_FILL) if fill_hands else None
-        self._last: tuple[bytes, WholeBody] | None = None
 
     def detect(self, rgb: np.ndarray) -> WholeBody:
         """The whole-body pose of the person in an (H, W, 3) uint8 RGB image."""
@@ -247,9 +244,6 @@ class PoseDetector:
         if self._holistic is None:
             raise HandsynthError("this PoseDetector is closed; create a new one")
         rgb = np.ascontiguousarray(rgb)
-        digest = hashlib.sha1(rgb.tobytes()).digest() + bytes(str(rgb.shape), "ascii")
-        if self._last is not None and self._last[0] == digest:
-            return self._last[1]
         if self.calls:
             self._holistic.process(_EMPTY_FRAME)  # clears what the last image left in the graph
         result = self._holistic.process(rgb)
@@ -257,20 +251,7 @@ class PoseDetector:
         pose = wholebody_from_holistic(result, rgb.shape[1], rgb.shape[0])
         if self._hands is not None and len(pose.hands_found) < 2:
             fill_missing_hands(pose, self._hands.detect(rgb))
-        self._last = (digest, pose)
         return pose
-
-    def pose_and_scores(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """A detector as the two-stage evaluation takes one: the pose and scores, None with no person."""
-        pose = self.detect(rgb)
-        return (pose.keypoints, pose.scores) if pose.found else None
-
-    def person_mask(self, rgb: np.ndarray) -> np.ndarray | None:
-        """A segmenter as the two-stage evaluation takes one (the "fg" metrics): Holistic's person mask,
-        None without a body."""
-        if not self.segmentation:
-            raise HandsynthError("person masks need PoseDetector(segmentation=True)")
-        return self.detect(rgb).person_mask()
 
     def close(self) -> None:
         if self._holistic is not None:

@@ -25,11 +25,11 @@ from itertools import islice
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from handsynth import hub
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import BODY, FEET, check_pose
+from handsynth.progress import progress_bar
 
 DEFAULT_MODEL = "facebook/sam-vit-huge"
 HAND_DILATION = 5  # kernel side of the dilation of hand masks (seed 004 §IV-A)
@@ -198,7 +198,7 @@ class SamSegmenter:
     def _stream(self, jobs: Iterator[_Job], batch_size: int, desc: str, total: int | None):
         if batch_size < 1:
             raise HandsynthError(f"batch_size must be at least 1, got {batch_size}")
-        with tqdm(total=total, desc=f"{desc} ({self.name})", unit="img") as bar:
+        with progress_bar(total=total, desc=f"{desc} ({self.name})", unit="img") as bar:
             while batch := list(islice(jobs, batch_size)):
                 yield from self._run(batch)
                 bar.update(len(batch))

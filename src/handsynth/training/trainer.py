@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import draw_timesteps_and_noise
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,9 @@ class Trainer:
         if accelerator.log_with and not accelerator.trackers:  # trackers stay empty until this call
             accelerator.init_trackers(name)
         self.started = time.time()
-        self.bar = tqdm(total=total_steps, desc=name, disable=not accelerator.is_main_process, unit="step")
+        self.bar = progress_bar(
+            total=total_steps, desc=name, disable=not accelerator.is_main_process, unit="step"
+        )
 
     @property
     def plan(self) -> dict[str, Any]:

@@ -5,21 +5,23 @@ Inputs:
 - `records`: one dict per generated image: {"image": path, "prompt", "keypoints": 133 x [x, y, v] (the
   ground-truth pose it was generated from), "width", "height" (the pose's frame)}, optional "key";
 - `real_manifest`: the two-stage dataset's `images.jsonl`; its `split` rows are the real image set;
-- `detector(rgb) -> None | pose (133, 3) | (pose, scores (133,))`, in the pixels of the image it was
-  given (MediaPipe Holistic in practice); detections are rescaled to the ground truth's frame;
-- `segmenter(rgb) -> person mask (H, W) or None` (Holistic's segmentation, or SAM), for the fg metrics.
+- `detections`: what the pose detector (MediaPipe Holistic) found on each generated image, as
+  `twostage.data.extract.detect_poses` gives it; rescaled to the ground truth's frame;
+- `fg_masks`: a person mask per real and per generated image (`person_masks`), for the fg metrics.
 
 A real set built from YouTube-ASL (`pose.source_format = "youtube_asl"`, seed 004 Table II) is scored on
 full images only: its videos have no background clutter, so the fg metrics are left out and the
 report says why.
 
-The same segmenter removes the background of the real and the generated images, so both sets carry the
-same mask errors. The background becomes black. An image where no person is found is all background:
-for a generated image that is a failure the fg metrics should see.
+The person mask is prompted with the known pose where the model takes a prompt (TWOSTAGE.md §10): SAM
+with the ground-truth pose of a real image and the pose a generated one was made from; offline it is
+Holistic's segmentation, the same for both sets, so both carry the same mask errors. The background
+becomes black. An image without a mask is left out of the fg sets and counted (`fg_left_out`), never
+scored as a black image.
 
 Output in `out`: `report.json` (every metric with its counts and settings), `report.md` (the table),
-`samples.png` (each generated sample with the ground-truth pose, with the detected pose and, with a
-segmenter, without its background) and `detections.jsonl` (the detected pose of every image).
+`samples.png` (each generated sample with the ground-truth pose, with the detected pose and, with
+person masks, without its background) and `detections.jsonl` (the detected pose of every image).
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.evaluation import inception, metrics, pose_metrics
 from handsynth.evaluation.common import check_shared_settings, format_value, not_computed
-from handsynth.perception.wholebody import check_pose
+from handsynth.perception.wholebody import BODY, FEET, check_pose
+from handsynth.twostage.data.extract import PoseRun, detect_poses, settings_tag
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,9 @@ FULL_IMAGE_FORMATS = ("youtube_asl",)  # no background clutter (seed 004 §IV-D)
 BACKGROUND = (0, 0, 0)
 GRID_CELL = 160  # px per sample in samples.png, as Hand1000's evaluation grid
 
-Detector = Callable[[np.ndarray], Any]
-Segmenter = Callable[[np.ndarray], Any]
+# a person mask: an array, a mask PNG, a function of the image that makes one (None: no person), or
+# None: no mask
+MaskSource = Any
 
 
 def person_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -104,18 +108,17 @@ def remove_background(
 
 def foreground_loaders(
     images: Sequence[str | os.PathLike | np.ndarray],
-    masks: Sequence[Any] | Segmenter,
+    masks: Sequence[MaskSource],
     background: tuple[int, int, int] = BACKGROUND,
-    without_person: list[int] | None = None,
-) -> list[Callable[[], np.ndarray]]:
-    """One function per image that reads it, takes its mask (from `masks`, a sequence of masks or mask
-    PNGs, or by calling `masks` as a segmenter on the image) and returns it with the background removed.
+) -> tuple[list[Callable[[], np.ndarray]], list[int]]:
+    """(one function per image with a mask, which reads it, takes its mask and returns it with the
+    background removed; the indices of those images). A mask is an array, a PNG, a function of the image
+    that makes one, or None: no mask, and the image is left out. A made mask that holds no person
+    raises a HandsynthError when the function runs, which leaves that image out of Inception's features.
 
-    Inception reads the functions one batch at a time, so the images are never all in memory. The index
-    of every image whose mask holds no person is appended to `without_person`.
+    Inception reads the functions one batch at a time, so the images are never all in memory.
     """
-    segmenter = masks if callable(masks) else None
-    if segmenter is None and len(masks) != len(images):
+    if len(masks) != len(images):
         raise HandsynthError(f"foreground: {len(images)} images but {len(masks)} masks")
 
     def loader(i: int) -> Callable[[], np.ndarray]:
@@ -124,14 +127,16 @@ def foreground_loaders(
             is_file = isinstance(item, str | os.PathLike)
             rgb = files.load_rgb(item) if is_file else np.asarray(item)
             name = str(item) if is_file else f"image {i}"
-            mask = person_mask(segmenter(rgb) if segmenter else masks[i], rgb.shape[:2], name)
-            if without_person is not None and not mask.any():
-                without_person.append(i)
+            source = masks[i]
+            mask = person_mask(source(rgb) if callable(source) else source, rgb.shape[:2], name)
+            if not mask.any():
+                raise HandsynthError(f"{name}: no person in its mask; it is left out of the fg sets")
             return remove_background(rgb, mask, background, name)
 
         return load
 
-    return [loader(i) for i in range(len(images))]
+    kept = [i for i, mask in enumerate(masks) if mask is not None]
+    return [loader(i) for i in kept], kept
 
 
 def check_records(records: Sequence[dict]) -> list[dict]:
@@ -187,41 +192,40 @@ def real_image_paths(manifest: str | os.PathLike, split: str = "test") -> list[P
     return [manifest.parent / row["image"] for row in rows]
 
 
-def _detected(output: Any, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The detector's answer as (pose, scores): None, a pose, or a (pose, scores) pair."""
-    if output is None:
-        return None, None
-    pose, scores = output if isinstance(output, tuple) else (output, None)
-    if pose is None:
-        return None, None
-    return check_pose(pose, f"pose detected on {name}").copy(), scores
+@dataclass
+class Detections:
+    """What the pose detector found on each generated image, in the records' order: a poses.jsonl
+    record (twostage.data.extract: "keypoints" and "scores" in the image's pixels, null with no person;
+    the image's "width" and "height"), or None for an image that could not be read (`unreadable`
+    says why)."""
+
+    poses: list[dict | None]
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def detect_poses(
-    records: Sequence[dict], detector: Detector
-) -> tuple[list[np.ndarray | None], list[np.ndarray | None], dict[str, str]]:
-    """(predictions in each record's frame, their scores, {image: reason} of unreadable images); an
-    unreadable image gets None in both lists."""
+def in_truth_frames(
+    records: Sequence[dict], detections: Detections
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """(each detected pose rescaled from its image's pixels to its record's frame, its scores); None
+    where nothing was found or the image was unreadable."""
+    if len(detections.poses) != len(records):
+        raise HandsynthError(f"{len(records)} generated images but {len(detections.poses)} detections")
     predictions: list[np.ndarray | None] = []
     scores: list[np.ndarray | None] = []
-    unreadable: dict[str, str] = {}
-    for record in tqdm(records, desc="detecting poses", unit="img"):
-        try:
-            rgb = files.load_rgb(record["image"])
-        except HandsynthError as exc:
-            log.warning("skipped: %s", exc)
-            unreadable[str(record["image"])] = str(exc)
+    for record, found in zip(records, detections.poses, strict=True):
+        if found is None or found.get("keypoints") is None:
             predictions.append(None)
             scores.append(None)
             continue
-        pose, score = _detected(detector(rgb), str(record["image"]))
-        if pose is not None:
-            height, width = rgb.shape[:2]
-            pose[:, 0] *= record["width"] / width
-            pose[:, 1] *= record["height"] / height
+        pose = check_pose(
+            np.asarray(found["keypoints"], dtype=np.float32), f"pose detected on {record['image']}"
+        )
+        pose = pose.copy()
+        pose[:, 0] *= record["width"] / found["width"]
+        pose[:, 1] *= record["height"] / found["height"]
         predictions.append(pose)
-        scores.append(None if score is None else np.asarray(score, dtype=np.float64))
-    return predictions, scores, unreadable
+        scores.append(None if found.get("scores") is None else np.asarray(found["scores"], dtype=np.float64))
+    return predictions, scores
 
 
 def fid_kid_by_dim(
@@ -252,10 +256,16 @@ def fid_kid_by_dim(
     )
 
 
-def _name(segmenter: Segmenter | None) -> str | None:
-    if segmenter is None:
-        return None
-    return getattr(segmenter, "name", getattr(segmenter, "__name__", type(segmenter).__name__))
+@dataclass
+class FgMasks:
+    """The fg metrics' person masks (MaskSource each): one per real image, in the split's order, and
+    one per record. `tag` names what the real masks are made from: it is part of the key of the real
+    fg features' cache."""
+
+    name: str
+    real: Sequence[MaskSource]
+    generated: Sequence[MaskSource]
+    tag: str
 
 
 def _tap_features(
@@ -291,29 +301,31 @@ def evaluate_twostage(
     records: Sequence[dict],
     real_manifest: str | os.PathLike,
     out: str | os.PathLike,
-    detector: Detector | None,
-    segmenter: Segmenter | None = None,
+    detections: Detections | None,
+    fg_masks: FgMasks | None = None,
     wanted: Sequence[str] = TWOSTAGE_METRICS,
     split: str = "test",
 ) -> dict:
     """Every metric in `wanted` for one set of generated images; writes the report files (module
-    docstring) and returns the report. Inception features of the real images are cached in
-    `evaluate.cache_dir`; the fg features are made afresh, from the segmenter's masks. A segmenter may
-    have a `name`, recorded in the settings."""
+    docstring) and returns the report. Inception features of the real images, with and without their
+    background, are cached in `evaluate.cache_dir`."""
     from handsynth.hub import resolve_device
 
     ev = config.evaluate
     full_images = real_source_format(real_manifest) in FULL_IMAGE_FORMATS
     wanted = scored_metrics(wanted, real_manifest)
-    segmenter = None if full_images else segmenter  # not even the sample grid removes backgrounds
+    fg_masks = None if full_images else fg_masks  # not even the sample grid removes backgrounds
     dims = check_twostage_settings(config, wanted)
-    if detector is None and POSE_METRICS & set(wanted):
-        raise HandsynthError("DAP and MPJPE need a pose detector; pass one, or leave them out of the metrics")
+    if detections is None and POSE_METRICS & set(wanted):
+        raise HandsynthError(
+            "DAP and MPJPE need the detected poses; pass them, or leave them out of the metrics"
+        )
     records = check_records(records)
     real_paths = real_image_paths(real_manifest, split)
     fake_paths = [Path(r["image"]) for r in records]
     out = Path(out)
     device = resolve_device(config.run.device)
+    cache_dir = Path(ev.cache_dir or Path(config.run.output_dir) / "cache")
     report: dict[str, Any] = {
         "method": "twostage",
         "real": {
@@ -333,7 +345,7 @@ def evaluate_twostage(
             "kid_seed": config.run.seed,
             "dap_area": ev.dap_area,
             "fg_background": list(BACKGROUND),
-            "segmenter": _name(segmenter),
+            "fg_masks": None if fg_masks is None else fg_masks.name,
             "clip_model": ev.clip_model,
         },
         "metrics": {},
@@ -342,7 +354,8 @@ def evaluate_twostage(
 
     predictions: list[np.ndarray | None] | None = None
     if POSE_METRICS & set(wanted):
-        predictions, scores, unreadable = detect_poses(records, detector)
+        predictions, scores = in_truth_frames(records, detections)
+        unreadable = detections.unreadable
         report["generated"]["unreadable"] = unreadable
         readable = [i for i, r in enumerate(records) if str(r["image"]) not in unreadable]
         truths = [records[i]["keypoints"] for i in readable]
@@ -364,42 +377,48 @@ def evaluate_twostage(
     if {"fid", "kid", "fid_fg", "kid_fg"} & set(wanted):
         weights = inception.resolve_weights(ev.inception_weights or None)
         model = inception.load_inception(weights, max(dims), device)
+        tag = inception.weights_tag(weights)
         report["settings"].update(inception_weights=str(weights), inception_variant=model.variant)
-        if {"fid", "kid"} & set(wanted):
-            cache_dir = Path(ev.cache_dir or Path(config.run.output_dir) / "cache")
-            tag = inception.weights_tag(weights)
-            real_f, _ = inception.cached_tap_features(
-                model, real_paths, dims, cache_dir, ev.preprocess, ev.batch_size, tag, "real features"
+
+        def real_features(images=None, images_tag: str = "", desc: str = "real features"):
+            return inception.cached_tap_features(
+                model,
+                real_paths,
+                dims,
+                cache_dir,
+                ev.preprocess,
+                ev.batch_size,
+                tag,
+                desc,
+                images,
+                images_tag,
             )
+
+        if {"fid", "kid"} & set(wanted):
+            real_f, _ = real_features()
             fake_f = _tap_features(model, fake_paths, dims, config, "generated")
             fid, kid = fid_kid_by_dim(real_f, fake_f, dims, config)
             results.update({k: v for k, v in (("fid", fid), ("kid", kid)) if k in wanted})
         if {"fid_fg", "kid_fg"} & set(wanted):
-            if segmenter is None:
-                skipped = {"skipped": "no person segmenter given"}
+            if fg_masks is None:
+                skipped = {"skipped": "no person masks given"}
                 results.update({k: skipped for k in ("fid_fg", "kid_fg") if k in wanted})
             else:
-                real_empty: list[int] = []
-                fake_empty: list[int] = []
-                real_fg = _tap_features(
-                    model,
-                    foreground_loaders(real_paths, segmenter, without_person=real_empty),
-                    dims,
-                    config,
-                    "real fg",
-                )
-                fake_fg = _tap_features(
-                    model,
-                    foreground_loaders(fake_paths, segmenter, without_person=fake_empty),
-                    dims,
-                    config,
-                    "generated fg",
-                )
+                real_loaders, real_kept = foreground_loaders(real_paths, fg_masks.real)
+                # the images with a mask are part of the key (it is hashed): a mask that comes or goes
+                # makes a new set
+                real_fg, real_used = real_features(real_loaders, f"fg {fg_masks.tag} {real_kept}", "real fg")
+                fake_loaders, _ = foreground_loaders(fake_paths, fg_masks.generated)
+                fake_fg = _tap_features(model, fake_loaders, dims, config, "generated fg")
                 fid_fg, kid_fg = fid_kid_by_dim(real_fg, fake_fg, dims, config)
-                masks = {"real_without_person": len(real_empty), "generated_without_person": len(fake_empty)}
+                left_out = {
+                    "real": len(real_paths) - len(real_used),
+                    "generated": len(records) - len(fake_fg[dims[0]]),
+                }
+                report["fg_left_out"] = left_out
                 for key, value in (("fid_fg", fid_fg), ("kid_fg", kid_fg)):
                     if key in wanted:
-                        results[key] = {**value, "masks": masks}
+                        results[key] = {**value, "left_out": left_out}
 
     if "clipsim" in wanted:
         results["clipsim"] = metrics.clip_similarity(
@@ -408,7 +427,11 @@ def evaluate_twostage(
 
     files.write_json(out / "report.json", report)
     n = min(ev.grid_images, len(records))
-    grid = sample_grid(records[:n], None if predictions is None else predictions[:n], segmenter)
+    grid = sample_grid(
+        records[:n],
+        None if predictions is None else predictions[:n],
+        None if fg_masks is None else fg_masks.generated[:n],
+    )
     files.save_image(out / "samples.png", grid)
     files.write_text(out / "report.md", markdown(report))
     log.info("two-stage report: %s", out / "report.json")
@@ -432,12 +455,12 @@ def _overlay(cell: np.ndarray, pose: np.ndarray, scale: tuple[float, float]) -> 
 def sample_grid(
     records: Sequence[dict],
     predictions: Sequence[np.ndarray | None] | None = None,
-    segmenter: Segmenter | None = None,
+    masks: Sequence[MaskSource] | None = None,
 ) -> Image.Image:
     """One column per sample: the ground-truth pose over the image; with `predictions`, the detected pose
-    over it (the image darkened when nothing was detected); with a segmenter, the image without its
-    background."""
-    rows = 1 + (predictions is not None) + (segmenter is not None)
+    over it (the image darkened when nothing was detected); with `masks` (one per record), the image
+    without its background (all black: no mask)."""
+    rows = 1 + (predictions is not None) + (masks is not None)
     grid = Image.new("RGB", (max(len(records), 1) * GRID_CELL, rows * GRID_CELL), (24, 24, 24))
     for col, record in enumerate(records):
         try:
@@ -457,8 +480,9 @@ def sample_grid(
         if predictions is not None:
             found = predictions[col]
             cells.append(_overlay(cell, found, scale) if found is not None else cell // 3)
-        if segmenter is not None:
-            cells.append(np.asarray(Image.fromarray(remove_background(rgb, segmenter(rgb))).resize(size)))
+        if masks is not None:
+            mask = masks[col](rgb) if callable(masks[col]) else masks[col]
+            cells.append(np.asarray(Image.fromarray(remove_background(rgb, mask)).resize(size)))
         for row, image in enumerate(cells):
             x = col * GRID_CELL + (GRID_CELL - size[0]) // 2
             grid.paste(Image.fromarray(image), (x, row * GRID_CELL + (GRID_CELL - size[1]) // 2))
@@ -470,6 +494,10 @@ def headline(report: dict) -> dict[str, float | None]:
     fields = {"fid": "value", "kid": "mean", "fid_fg": "value", "kid_fg": "mean", "clipsim": "clipsim"}
     m = report["metrics"]
     return {key: m[key].get(fields.get(key, "value")) for key in TWOSTAGE_METRICS if key in m}
+
+
+def left_out_text(left_out: dict) -> str:
+    return f"{left_out['real']} real, {left_out['generated']} generated"
 
 
 def markdown(report: dict) -> str:
@@ -501,13 +529,10 @@ def markdown(report: dict) -> str:
         others = ", ".join(
             f"{d}-d {format_value(v if key.startswith('fid') else v['mean'])}" for d, v in r["by_dim"].items()
         )
-        rows.append(
-            (
-                f"{label} ({r['feature_dim']}-d)",
-                value,
-                f"{r['real']} real / {r['generated']} generated; {others}",
-            )
-        )
+        counts = f"{r['real']} real / {r['generated']} generated; {others}"
+        if "left_out" in r:
+            counts += f"; without a person mask, left out: {left_out_text(r['left_out'])}"
+        rows.append((f"{label} ({r['feature_dim']}-d)", value, counts))
     if "clipsim" in m:
         r = m["clipsim"]
         rows.append(("CLIPSIM", format_value(r["clipsim"], 2), f"{r['pairs']} pairs, {r['model']}"))
@@ -524,7 +549,7 @@ def markdown(report: dict) -> str:
         "Settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()),
         "",
         "Per sample, top to bottom: the ground-truth pose; the detected pose (darkened: none found); "
-        "the image without its background (with a segmenter).",
+        "the image without its background (with person masks; black: no mask).",
         "",
         "![samples](samples.png)",
         "",
@@ -537,30 +562,95 @@ def markdown(report: dict) -> str:
 FG_MASKS = ("holistic", "sam")
 
 
-class PersonMasks:
-    """The fg metrics' segmenter: Holistic's person mask, or SAM prompted with Holistic's body pose."""
+def _has_body(pose: np.ndarray) -> bool:
+    """The pose has a present body or feet keypoint: what SAM's person prompt is made of."""
+    return bool((pose[BODY, 2] > 0).any() or (pose[FEET, 2] > 0).any())
 
-    def __init__(self, detector: Any, kind: str, sam_model: str = "", device: str = "auto") -> None:
-        if kind not in FG_MASKS:
-            raise HandsynthError(f"evaluate.fg_masks must be one of {', '.join(FG_MASKS)}, got '{kind}'")
-        self.detector = detector
-        self.sam = None
-        self.name = "holistic segmentation"
-        if kind == "sam":
-            from handsynth.perception.sam import SamSegmenter
 
-            if not sam_model:
-                raise HandsynthError('evaluate.fg_masks = "sam" needs pose.sam_model (a SAM id or folder)')
-            self.sam = SamSegmenter.from_pretrained(sam_model, device, config_key="pose.sam_model")
-            self.name = f"SAM ({sam_model}) prompted with Holistic's body"
+def _sam_mask(sam: Any, pose: np.ndarray, width: int, height: int, name: str, keep: bool) -> Callable:
+    """A function of the image: SAM's person mask prompted with `pose`, given in a width x height frame.
+    With `keep`, the mask is kept for a second call (the sample grid's images), which then costs no SAM
+    run."""
+    kept: list[np.ndarray] = []
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        if self.sam is None:
-            return self.detector.person_mask(rgb)
-        found = self.detector.pose_and_scores(rgb)
-        if found is None or not (found[0][:23, 2] > 0).any():
-            return None
-        return self.sam.segment_person(rgb, found[0])
+    def make(rgb: np.ndarray) -> np.ndarray:
+        if kept:
+            return kept[0]
+        scaled = pose.copy()
+        scaled[:, 0] *= rgb.shape[1] / width
+        scaled[:, 1] *= rgb.shape[0] / height
+        mask = sam.segment_person(rgb, scaled, name=name)
+        if keep:
+            kept.append(mask)
+        return mask
+
+    return make
+
+
+def holistic_masks(run: PoseRun, paths: Sequence[Path]) -> list[Path | None]:
+    """Holistic's person mask of each image, kept by the pose extraction, or None (no body found)."""
+    masks: list[Path | None] = []
+    for path in paths:
+        found = run.poses.get(Path(path))
+        mask = None if found is None or not found["body"] else run.cache.person_mask_path(found["sha256"])
+        masks.append(mask if mask is not None and mask.is_file() else None)
+    return masks
+
+
+def person_masks(
+    config: Config,
+    records: Sequence[dict],
+    real_rows: Sequence[dict],
+    real_paths: Sequence[Path],
+    generated: PoseRun | None,
+    progress: bool = True,
+) -> FgMasks:
+    """The fg metrics' person masks (TWOSTAGE.md §10), prompted with the known pose where a model can be
+    prompted: `evaluate.fg_masks = "sam"`, SAM with the ground-truth pose of a real image and the pose a
+    generated one was made from; "holistic", Holistic's segmentation of each image (of the generated
+    ones from `generated`, the evaluation's one pose extraction). No body, no mask."""
+    kind = config.evaluate.fg_masks
+    if kind not in FG_MASKS:
+        raise HandsynthError(f"evaluate.fg_masks must be one of {', '.join(FG_MASKS)}, got '{kind}'")
+    if kind == "holistic":
+        real = detect_poses(
+            list(real_paths), _pose_cache(config), config.pose.workers, True, progress, "real images"
+        )
+        return FgMasks(
+            "holistic segmentation",
+            holistic_masks(real, real_paths),
+            holistic_masks(generated, [Path(r["image"]) for r in records]),
+            f"holistic {settings_tag()}",
+        )
+    from handsynth.perception.sam import SamSegmenter
+
+    model = config.pose.sam_model
+    if not model:
+        raise HandsynthError('evaluate.fg_masks = "sam" needs pose.sam_model (a SAM id or folder)')
+    sam = SamSegmenter.from_pretrained(model, config.run.device, config_key="pose.sam_model")
+
+    def masks(items: Sequence[dict], names: Sequence[Any], shown: int = 0) -> list[Callable | None]:
+        out: list[Callable | None] = []
+        for i, (item, name) in enumerate(zip(items, names, strict=True)):
+            pose = check_pose(np.asarray(item["keypoints"], dtype=np.float32), f"known pose of {name}")
+            if not _has_body(pose):
+                out.append(None)
+                continue
+            out.append(_sam_mask(sam, pose, item["width"], item["height"], str(name), keep=i < shown))
+        return out
+
+    real_poses = [np.asarray(row["keypoints"], dtype=np.float32).round(3).tolist() for row in real_rows]
+    return FgMasks(
+        f"SAM ({model}) prompted with the known body pose",
+        masks(real_rows, real_paths),
+        masks(records, [r["image"] for r in records], config.evaluate.grid_images),
+        f"sam {model} {files.folder_stamp(model) if Path(model).is_dir() else ''} {real_poses}",
+    )
+
+
+def _pose_cache(config: Config) -> Path:
+    """The evaluation's pose and person-mask cache, beside its feature cache."""
+    return Path(config.evaluate.cache_dir or Path(config.run.output_dir) / "cache") / "poses"
 
 
 def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
@@ -581,24 +671,32 @@ def evaluate_samples(
     out: str | os.PathLike,
     wanted: Sequence[str] | None = None,
     keys: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> dict:
-    """`evaluate_twostage` of a generated folder (of its poses in `keys` only, when given), with
-    MediaPipe Holistic (hands filled from Hands) as the pose detector and `evaluate.fg_masks` for the
-    person masks."""
-    from handsynth.perception.pose import PoseDetector
-
+    """`evaluate_twostage` of a generated folder (of its poses in `keys` only, when given). MediaPipe
+    Holistic (hands filled from Hands) runs once per image, in `pose.workers` processes and cached by
+    content (twostage.data.extract): its pose feeds DAP and MPJPE, its segmentation the "holistic" fg
+    masks, and both the sample grid. A full-image real set (YouTube-ASL) gets no fg metrics."""
     wanted = scored_metrics(wanted or config.evaluate.twostage_metrics, real_manifest)
-    records = read_samples(samples_dir)
+    check_twostage_settings(config, wanted)
+    records = check_records(read_samples(samples_dir))
     if keys is not None:
         chosen = set(keys)
         records = [r for r in records if r["key"] in chosen]
     need_masks = bool({"fid_fg", "kid_fg"} & set(wanted))
-    with PoseDetector(segmentation=need_masks and config.evaluate.fg_masks == "holistic") as detector:
-        segmenter = None
-        if need_masks:
-            segmenter = PersonMasks(
-                detector, config.evaluate.fg_masks, config.pose.sam_model, config.run.device
-            )
-        return evaluate_twostage(
-            config, records, real_manifest, out, detector.pose_and_scores, segmenter, wanted
-        )
+    holistic = need_masks and config.evaluate.fg_masks == "holistic"
+    detections = run = None
+    if POSE_METRICS & set(wanted) or holistic:
+        paths = [Path(r["image"]) for r in records]
+        run = detect_poses(paths, _pose_cache(config), config.pose.workers, holistic, progress, "generated")
+        unreadable = {str(p): e for p, e in run.unreadable.items()}
+        unreadable.update({str(p): "missing" for p in run.missing})
+        detections = Detections([run.poses.get(p) for p in paths], unreadable)
+    fg = None
+    if need_masks:
+        from handsynth.twostage.data.dataset import read_image_rows
+
+        manifest, rows = read_image_rows(real_manifest, "test")
+        real_paths = [manifest.parent / row["image"] for row in rows]
+        fg = person_masks(config, records, rows, real_paths, run, progress)
+    return evaluate_twostage(config, records, real_manifest, out, detections, fg, wanted)

@@ -3,7 +3,8 @@
 `pose build` turns a HaGRID-layout folder, or the synthetic one, into `<run>/twostage-data/`:
 - `images.jsonl`: whole images, square, `pose.image_size` px, with the pose, hand mask, person mask
   and caption: the evaluation's ground truth, and the outpainter's data where `"outpaint"` is true
-  (the hand mask has at least `pose.min_mask_pixels` at 512 px, as the paper's LAION-Human set);
+  (the hand mask has at least `pose.min_mask_pixels` at 512 px) and `"single_person"` is true (the
+  source annotates at most two hands), as the paper filters its LAION-Human set;
 - `hands.jsonl`: square hand crops, `pose.crop_size` px, with their keypoints, finger heatmaps
   (uint8 `.npz`), mask, box in the whole image and caption: the hand generator's data;
 - `report.json` (counts, detection rates, mask sources, time per image), `contact_sheet.png`,
@@ -34,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.config import Config, save_config
@@ -45,6 +45,7 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
+from handsynth.progress import progress_bar
 from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
 from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
 from handsynth.twostage.data.masks import make_masker, read_mask
@@ -56,6 +57,7 @@ SPLITS = ("train", "test")
 REFERENCE_SIZE = 512  # pose.min_mask_pixels is counted at this image size (the paper's)
 _LIST_LIMIT = 1000  # skipped items named in the report (the counts are always complete)
 SKIP_REASONS = ("missing", "unreadable", "no_person", "no_hands")
+HANDS_PER_PERSON = 2
 
 
 @dataclass(frozen=True)
@@ -445,7 +447,7 @@ def build_pose_dataset(
 
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
     skipped["missing"] = [(key, f"{path} is missing") for key, path in index.missing if in_shard(key, shard)]
-    for item in tqdm(todo, desc="two-stage images", unit="img", disable=not progress):
+    for item in progress_bar(todo, desc="two-stage images", unit="img", disable=not progress):
         try:
             entry = process_item(item, out, config, own, poses, masker_for)
         except _Skip as skip:
@@ -461,19 +463,25 @@ def build_pose_dataset(
     captions = _captions(config, finished, out)
 
     log.info("[pose 5/5] manifests, report and contact sheet")
-    image_rows, hand_rows, small, uncaptioned = [], [], [], []
+    image_rows, hand_rows, small, multi_person, uncaptioned = [], [], [], [], []
     scale = (REFERENCE_SIZE / pose.image_size) ** 2
     for item in finished:
         entry, caption = done[item.key], captions.get(item.key)
         if caption is None:
             uncaptioned.append(item.key)
             continue
-        # the paper leaves images with small hand masks out of the outpainter's data; they stay as
-        # evaluation ground truth, flagged
+        # the paper's outpainter data holds one person with hand masks of at least 2,500 px; the
+        # other images stay as evaluation ground truth, flagged. A person has two hands, so more
+        # annotated hands mean more people.
         outpaint = entry["image_row"]["hand_mask_pixels"] * scale >= pose.min_mask_pixels
+        single_person = item.record.hand_boxes <= HANDS_PER_PERSON
         if not outpaint:
             small.append(item.key)
-        image_rows.append({**entry["image_row"], "caption": caption, "outpaint": outpaint})
+        if not single_person:
+            multi_person.append(item.key)
+        image_rows.append(
+            {**entry["image_row"], "caption": caption, "outpaint": outpaint, "single_person": single_person}
+        )
         hand_rows += [{**row, "caption": caption} for row in entry["hand_rows"]]
     files.write_jsonl(out / "images.jsonl", image_rows)
     files.write_jsonl(out / "hands.jsonl", hand_rows)
@@ -482,9 +490,10 @@ def build_pose_dataset(
     )
     report["gestures"] = list(groups)
     report["counts"].update(available={g: available[g] for g in groups}, small_mask=len(small),
-                            uncaptioned=len(uncaptioned))  # fmt: skip
+                            multi_person=len(multi_person), uncaptioned=len(uncaptioned))  # fmt: skip
     report["counts"]["filtered"] = dict(getattr(index, "filtered", {}))  # a source's own filters
     report["small_mask"], report["uncaptioned"] = small[:_LIST_LIMIT], uncaptioned[:_LIST_LIMIT]
+    report["multi_person"] = multi_person[:_LIST_LIMIT]
     report["seconds"] = round(time.perf_counter() - started, 3)
     files.write_json(out / "report.json", report)
     save_config(config, out / "config.toml")
@@ -617,7 +626,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
         image_rows += rows
         hand_rows += crops
         reports.append(json.loads((folder / "report.json").read_text(encoding="utf-8")))
-    for folder, rel in tqdm(moves, desc="merging shards", unit="file", disable=not progress):
+    for folder, rel in progress_bar(moves, desc="merging shards", unit="file", disable=not progress):
         _link(folder / rel, base / rel)
     order = {split: i for i, split in enumerate(SPLITS)}
     for rows in (image_rows, hand_rows):

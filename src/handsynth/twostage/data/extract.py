@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.hands import detect_in_workers, worker_context
 from handsynth.perception.pose import HOLISTIC_COMPLEXITY, SIDES, PoseDetector
+from handsynth.progress import progress_bar
 
 IN_PROCESS_JOBS = 2  # at most this many detections: run them here rather than start workers
 CACHE_FLUSH_SECONDS = 2.0
@@ -145,7 +145,9 @@ def detect_poses(
 def _run_jobs(jobs, workers: int, context, person_dir: str | None, progress: bool, label: str):
     if not jobs:  # everything cached: don't even load MediaPipe
         return
-    with tqdm(total=len(jobs), desc=f"whole-body poses [{label}]", unit="img", disable=not progress) as bar:
+    with progress_bar(
+        total=len(jobs), desc=f"whole-body poses [{label}]", unit="img", disable=not progress
+    ) as bar:
         yield from detect_in_workers(
             jobs, _detect_file, _init_worker, (person_dir,), workers, context, bar,
             f"a pose worker process died while detecting '{label}'; the poses found so far are cached. "

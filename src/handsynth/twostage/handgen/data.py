@@ -29,6 +29,7 @@ RGB_SHIFT = 20 / 255
 BRIGHTNESS = 0.2
 CONTRAST = 0.2
 MISSING_SHOWN = 5
+PREFETCH_BATCHES = 2  # batches each loader worker keeps ready ahead of the training step
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,43 @@ def load_batch(items: list[HandItem], resolution: int, latent_size: int) -> Hand
         pixels=torch.stack(pixels),
         masks=torch.stack(masks),
         conditions=torch.stack(conditions),
+    )
+
+
+class PlannedBatches(torch.utils.data.Dataset):
+    """Batch i of a fixed plan (the item indices of each step), made by `load_batch`."""
+
+    def __init__(
+        self, items: list[HandItem], plan: list[list[int]], resolution: int, latent_size: int
+    ) -> None:
+        self.items, self.plan = items, plan
+        self.resolution, self.latent_size = resolution, latent_size
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, step: int) -> HandBatch:
+        return load_batch([self.items[i] for i in self.plan[step]], self.resolution, self.latent_size)
+
+
+def _as_loaded(batch: HandBatch) -> HandBatch:
+    return batch
+
+
+def batch_loader(
+    items: list[HandItem], plan: list[list[int]], resolution: int, latent_size: int, workers: int
+) -> torch.utils.data.DataLoader:
+    """The batches of `plan`, in its order, read and resized by `workers` persistent processes that
+    each keep PREFETCH_BATCHES ready, so the training step does not wait on the disk and the CPU; 0 loads
+    them in this process. Loading draws no random numbers: the batches are the same whatever `workers`."""
+    return torch.utils.data.DataLoader(
+        PlannedBatches(items, plan, resolution, latent_size),
+        batch_size=None,  # each item of the dataset is already a batch
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_loaded,
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
     )
 
 

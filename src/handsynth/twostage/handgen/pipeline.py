@@ -27,12 +27,12 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files, hub
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.hub import execution_device, resolve_device
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import PromptEncoder, ddim_scheduler, vae_scale
 from handsynth.twostage.data.heatmaps import finger_heatmaps
 from handsynth.twostage.handgen.model import (
@@ -263,7 +263,9 @@ class HandGeneratorPipeline:
         )
         self.scheduler.set_timesteps(steps, device=self.device)
         latents = latents * self.scheduler.init_noise_sigma
-        for t in tqdm(self.scheduler.timesteps, desc="hand generator", disable=not progress, leave=False):
+        for t in progress_bar(
+            self.scheduler.timesteps, desc="hand generator", disable=not progress, leave=False
+        ):
             model_input = torch.cat([latents, latents]) if guidance > 1.0 else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             noise_pred, masks = self.model(model_input, t, embeddings, condition)

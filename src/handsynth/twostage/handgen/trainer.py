@@ -1,6 +1,6 @@
 """Stage 1 training (`handsynth handgen train`): the multi-task hand generator (seed 004 §III-B, §IV-B).
 
-Per step, on a shuffled mini-batch of `hands.jsonl` rows:
+Per step, on a shuffled mini-batch of `hands.jsonl` rows (loaded ahead in `train.num_workers` processes):
 
     pixels = augment(crop)                     RGB shift, brightness and contrast
     c_p = heatmaps ⊕ mask, resized to the latent; the mask channel zeroed with p = handgen.mask_dropout
@@ -52,8 +52,8 @@ from handsynth.twostage.handgen.data import (
     HandBatch,
     HandItem,
     augment,
+    batch_loader,
     drop_masks,
-    load_batch,
     read_hand_items,
 )
 from handsynth.twostage.handgen.model import (
@@ -189,10 +189,14 @@ class HandgenTrainer(Trainer):
 
     def loop(self) -> None:
         handgen = self.config.handgen
-        for index in self.shuffled_batches(len(self.items), handgen.batch_size, handgen.epochs):
-            self.train_step(
-                load_batch([self.items[i] for i in index.tolist()], self.resolution, self.latent_size)
-            )
+        # the steps left, planned here (a resumed run skips the done ones), loaded ahead in workers
+        plan = [
+            index.tolist()
+            for index in self.shuffled_batches(len(self.items), handgen.batch_size, handgen.epochs)
+        ]
+        workers = self.config.train.num_workers
+        for batch in batch_loader(self.items, plan, self.resolution, self.latent_size, workers):
+            self.train_step(batch)
             self.after_step()
 
     # --- the result
@@ -222,6 +226,10 @@ def check_handgen_settings(config: Config) -> None:
         raise HandsynthError(f"handgen.mask_dropout must be in [0, 1], got {handgen.mask_dropout}")
     if handgen.mask_loss_weight < 0 or handgen.lr <= 0:
         raise HandsynthError("handgen.mask_loss_weight must be >= 0 and handgen.lr > 0")
+    if config.train.num_workers < 0:
+        raise HandsynthError(
+            f"train.num_workers must be >= 0 (0: in the training process), got {config.train.num_workers}"
+        )
     if handgen.batch_size < 1 or handgen.epochs < 1 or handgen.resolution < 0:
         raise HandsynthError("handgen.batch_size and handgen.epochs must be >= 1, handgen.resolution >= 0")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.outpaint.blending import blend, blend_masks, check_blend_settings
 from handsynth.twostage.outpaint.canvas import latent_mask
@@ -153,7 +153,7 @@ def outpaint(
     latents = noise * scheduler.init_noise_sigma
     shown = set(preview_steps(steps, previews))
     kept: dict[int, np.ndarray] = {}
-    for i, t in enumerate(tqdm(timesteps, desc="outpaint", disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(timesteps, desc="outpaint", disable=not progress, leave=False)):
         model_input = scheduler.scale_model_input(torch.cat([latents] * copies), t)
         prediction = predict_noise(
             models.unet,

@@ -28,13 +28,13 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.files import load_rgb
 from handsynth.perception.wholebody import check_pose
+from handsynth.progress import progress_bar
 from handsynth.training.diffusion import (
     BaseModels,
     ddim_scheduler,
@@ -91,17 +91,26 @@ class OutpaintItem:
     size: int  # the image is square, size × size
 
 
+# the dataset's flags of the images the paper leaves out of the outpainter's data, and their report names
+LEFT_OUT = {"outpaint": "small_hand_mask", "single_person": "multi_person"}
+
+
 def read_outpaint_items(
     data_dir: str | Path, split: str = "train", max_images: int = 0
-) -> list[OutpaintItem]:
-    """The `split` rows of `<data_dir>/images.jsonl` whose image and hand mask decode; bad rows are
-    skipped, counted and named in a warning."""
+) -> tuple[list[OutpaintItem], dict[str, int]]:
+    """The `split` rows of `<data_dir>/images.jsonl` that the paper's filters keep (`"outpaint"`: the
+    hand mask has 2,500 px at 512 px; `"single_person"`) and whose image and hand mask decode, and the
+    number of rows each filter left out. Bad rows are skipped, counted and named in a warning."""
     data_dir = Path(data_dir)
     manifest, rows = read_image_rows(data_dir, split)
+    left_out = {name: sum(row.get(flag) is False for row in rows) for flag, name in LEFT_OUT.items()}
+    rows = [row for row in rows if all(row.get(flag) is not False for flag in LEFT_OUT)]
+    if any(left_out.values()):
+        log.info("the paper's filters leave out of the outpainter's data: %s", left_out)
     if max_images > 0:
         rows = rows[:max_images]
     items, bad = [], []
-    for row in tqdm(rows, desc="check images", leave=False):
+    for row in progress_bar(rows, desc="check images", leave=False):
         key = str(row.get("key"))
         try:
             item = _item(data_dir, row, key)
@@ -113,8 +122,11 @@ def read_outpaint_items(
         shown = "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
         log.warning("skipped %d of %d '%s' rows of %s: %s", len(bad), len(rows), split, manifest, shown)
     if not items:
-        raise HandsynthError(f"none of the {len(rows)} '{split}' rows in {manifest} could be used")
-    return items
+        raise HandsynthError(
+            f"none of the {len(rows)} '{split}' rows in {manifest} could be used (left out by the paper's "
+            f"filters: {left_out}); see pose.min_mask_pixels"
+        )
+    return items, left_out
 
 
 def _item(data_dir: Path, row: dict, key: str) -> OutpaintItem:
@@ -186,10 +198,12 @@ class OutpaintTrainer(Trainer):
         work: Path,
         plan: dict[str, Any],
         total_steps: int,
+        left_out: dict[str, int] | None = None,
     ) -> None:
         super().__init__(config, accelerator, work, plan, total_steps, name="outpaint")
         settings, device = self.config.outpaint, self.device
         self.items = items
+        self.left_out = left_out or {}  # rows the paper's filters left out, by filter
         self.noise_scheduler = models.noise_scheduler
         self.tokenizer = models.tokenizer
         self.resolution = models.resolution
@@ -330,7 +344,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
     data_dir = Path(data_dir) if data_dir else default_output_dir(config)
     work = Path(config.run.output_dir) / "train" / "outpaint"
     acc = make_accelerator(config, work)
-    items = read_outpaint_items(data_dir, "train", settings.max_images)
+    items, left_out = read_outpaint_items(data_dir, "train", settings.max_images)
     total = settings.epochs * math.ceil(len(items) / (settings.batch_size * acc.num_processes))
     set_seed(config.run.seed)
     models = load_base_models(settings.base, config_key="outpaint.base")
@@ -356,7 +370,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
         total,
         acc.num_processes,
     )
-    return OutpaintTrainer(config, acc, models, controlnet, items, work, plan, total)
+    return OutpaintTrainer(config, acc, models, controlnet, items, work, plan, total, left_out)
 
 
 def train_outpainter(
@@ -381,6 +395,7 @@ def train_outpainter(
         "steps": trainer.step,
         "total_steps": trainer.total_steps,
         "images": len(trainer.items),
+        "left_out": trainer.left_out,
     }
     trainer.save_lora(folder, meta)
     trainer.acc.end_training()

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handsynth import files
 from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
+from handsynth.progress import progress_bar
 from handsynth.twostage.data.sources.records import SourceIndex, SourceRecord
 
 SUFFIXES = {".mp4", ".webm", ".mkv", ".mov", ".avi"}
@@ -76,7 +76,7 @@ def read_youtube_asl(root: Path, work: Path, per_video: int, detect, progress: b
         raise HandsynthError(f"pose.frames_per_video must be >= 1, got {per_video}")
     frames = {
         video: sample_frames(video, CANDIDATES_PER_FRAME * per_video, work / "frames" / video.stem)
-        for video in tqdm(videos, desc="sampling video frames", unit="video", disable=not progress)
+        for video in progress_bar(videos, desc="sampling video frames", unit="video", disable=not progress)
     }
     paths = [p for video_frames in frames.values() for p in video_frames]
     poses = detect(paths)
