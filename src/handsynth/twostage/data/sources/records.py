@@ -24,6 +24,7 @@ class SourceRecord:
     caption: str | None = None
     keypoints: np.ndarray | None = field(default=None, compare=False)  # (133, 3) in the image's pixels
     user_id: str | None = None  # read by the subject-disjoint selection
+    hand_boxes: int = 0  # hands annotated beyond the keypoints: the single-person flag reads it as HaGRID's
 
 
 @dataclass
