@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -282,3 +282,59 @@ def finished_records(
             )
         done[record[key]] = record
     return done
+
+
+def make_images(
+    out_dir: str | os.PathLike,
+    plan: list[dict],
+    draw: Callable[[list[dict]], list[Any]],
+    settings_keys: Iterable[str],
+    *,
+    key: str = "index",
+    file_field: str = "file",
+    batch_size: int = 1,
+    what: str = "image",
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[dict]:
+    """Make the image of every record of `plan` that `<out_dir>/records.jsonl` does not already hold
+    (`finished_records`), `batch_size` records per `draw(records) -> PIL images` call. Each image is saved
+    at its record's `file_field` and its record appended as soon as it is made, so an interrupted run
+    resumes; `draw` may add fields to the records it is given. Returns every record in plan order, the
+    order records.jsonl is rewritten in, so a resumed run ends with the file of an uninterrupted one."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    done = finished_records(out_dir, plan, settings_keys, (file_field,), key=key, what=what)
+    todo = [record for record in plan if record[key] not in done]
+    with tqdm(total=len(plan), initial=len(plan) - len(todo), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            for record, image in zip(batch, draw(batch), strict=True):
+                save_image(out_dir / record[file_field], image)  # the commit point is the record
+                append_jsonl(out_dir / "records.jsonl", record)
+                done[record[key]] = record
+            bar.update(len(batch))
+    records = [done[record[key]] for record in plan]
+    write_jsonl(out_dir / "records.jsonl", records)
+    return records
+
+
+def generated_records(folder: str | os.PathLike, command: str) -> list[dict]:
+    """The records of a generated folder's records.jsonl, or an error naming the `command` that makes
+    them."""
+    path = Path(folder) / "records.jsonl"
+    records = read_jsonl(path) if path.is_file() else []
+    if not records:
+        raise HandsynthError(f"no generated images in {path.parent}; run `{command}` first")
+    return records
+
+
+def check_one_setting(records: list[dict], keys: Iterable[str], folder: str | os.PathLike) -> None:
+    """An error unless every record has the same values at `keys` (what one pipeline call shares)."""
+    keys = tuple(keys)
+    if len({json.dumps([record.get(k) for k in keys]) for record in records}) > 1:
+        raise HandsynthError(
+            f"{folder}/records.jsonl mixes sampling settings ({', '.join(keys)}); make its images again "
+            "with one setting before comparing"
+        )
