@@ -94,7 +94,7 @@ def test_a_table_gives_a_paper_column_only_to_metrics_the_paper_publishes():
     }
     headers, rows = compare.table_cells(table)
     assert headers == ["row", "DAP ↑", "DAP ↑ paper", "KID fg ↓"]
-    assert rows == [["sd", 0.1, None, 0.02], ["twostage", 0.3, 0.76, None]]
+    assert rows == [["sd", 0.1, "", 0.02], ["twostage", 0.3, 0.76, None]]
 
 
 def test_compare_settings_are_checked_naming_the_key():

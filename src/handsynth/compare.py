@@ -270,7 +270,7 @@ def table_cells(table: dict) -> tuple[list[str], list[list[Any]]]:
         for key in table["columns"]:
             cells.append(row["values"].get(key))
             if key in published_keys:
-                cells.append(row["paper"].get(key))
+                cells.append(row["paper"].get(key, ""))  # blank, not "n/a": the paper has no such row
         rows.append(cells)
     return headers, rows
 
