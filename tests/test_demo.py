@@ -22,7 +22,8 @@ SMALL = ["--gestures", "call,palm", "--images-per-gesture", "8", "--n-train", "4
          "--set", "handgen.epochs=1", "--set", "handgen.steps=3", "--set", "outpaint.steps=4",
          "--set", "twostage.size=64", "--set", "pose.image_size=64",
          "--set", "pose.crop_size=32"]  # fmt: skip
-HAND1000_ONLY = ["--set", 'run.methods=["hand1000"]']
+HAND1000_ONLY = ["--set", 'run.methods=["hand1000"]', "--set", "compare.baselines=[]"]
+CHAIN = [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.BASELINES, run.COMPARE, run.REPORT]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_demo_writes_every_artefact(demo_run):
         assert np.isfinite(metrics["fid"]["value"]) and metrics["fid"]["value"] >= 0
         assert {"kid", "hand_conf", "gesture_accuracy"} <= set(metrics)
     steps = sorted(p.stem for p in (out / "steps").glob("*.json"))
-    assert steps == sorted(step.name for step in [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.REPORT])
+    assert steps == sorted(step.name for step in CHAIN)
 
 
 def test_demo_writes_the_two_stage_chains_artefacts(demo_run):
@@ -97,7 +98,7 @@ def test_a_second_demo_run_skips_every_step(demo_run, caplog):
     with caplog.at_level(logging.INFO):
         assert main(["demo", "--output-dir", str(demo_run), *SMALL]) == 0
     skipped = [r.getMessage() for r in caplog.records if "done in an earlier run, skipped" in r.getMessage()]
-    assert len(skipped) == len(run.HAND1000_STEPS) + len(run.TWOSTAGE_STEPS) + 1
+    assert len(skipped) == len(CHAIN)
 
 
 def test_demo_report_loads_in_headless_chromium(demo_run):
@@ -131,13 +132,111 @@ def test_demo_report_loads_in_headless_chromium(demo_run):
     assert {"eval/call/samples.png", "eval/palm/samples.png", "samples/call/grid.png"} <= set(sources)
     assert {"twostage/samples/grid.png", "twostage/eval/samples.png", "twostage/ablation/comparison.png",
             "report/twostage-loss.png", "twostage-data/contact_sheet.png"} <= set(sources)  # fmt: skip
+    assert {"compare/twostage/sheet.png", "compare/hand1000/sheet.png"} <= set(sources)
     assert any(src.endswith("/strip.png") for src in sources)  # pose -> hand -> canvas -> blends -> result
     assert all(width > 0 for _, width in images), f"images that did not load: {images}"
     rows = dict(tables)
     assert rows["metrics"] == 3  # header + one row per gesture
     assert rows["twostage-metrics"] == 2  # header + the run's row
     assert rows["ablation"] == 4  # header + sequential, naive, bbox
+    assert rows["compare-twostage"] == 5  # header + sd, controlnet, t2i_adapter, twostage
+    assert rows["compare-hand1000"] == 7  # header + base, hand1000 and their difference per gesture
     assert {"dataset-counts", "stage1", "steps"} <= set(rows)
+
+
+def rows_of(out, table):
+    return [json.loads(line) for line in (out / table["samples"] / "records.jsonl").open()]
+
+
+def test_every_row_of_both_tables_comes_from_the_same_prompts_and_seeds(demo_run):
+    out = demo_run
+    tables = json.loads((out / "compare" / "table.json").read_text())
+    twostage = tables["twostage"]["rows"]
+    assert [row["row"] for row in twostage] == ["sd", "controlnet", "t2i_adapter", "twostage"]
+    method = [json.loads(line) for line in (out / "twostage" / "samples" / "records.jsonl").open()]
+    fields = ("key", "prompt", "seed", "width", "height", "steps", "guidance", "keypoints")
+    images = {}
+    for row in twostage:
+        records = rows_of(out, row)
+        assert [[r[k] for k in fields] for r in records] == [[r[k] for k in fields] for r in method], row[
+            "row"
+        ]
+        images[row["row"]] = [(out / row["samples"] / r["image"]).read_bytes() for r in records]
+    assert len(set(map(tuple, images.values()))) == 4  # four models, four sets of images
+
+    hand1000 = tables["hand1000"]["rows"]
+    assert [(row["gesture"], row["row"]) for row in hand1000] == [
+        (g, r) for g in ("call", "palm") for r in ("base", "hand1000", "hand1000 − base")
+    ]
+    fields = ("index", "prompt", "seed", "steps", "guidance", "height", "width")
+    for gesture in ("call", "palm"):
+        method = [json.loads(line) for line in (out / "samples" / gesture / "records.jsonl").open()]
+        for row in (r for r in hand1000 if r["gesture"] == gesture and "samples" in r):
+            records = rows_of(out, row)
+            assert [[r[k] for k in fields] for r in records] == [[r[k] for k in fields] for r in method]
+            assert all((out / row["samples"] / r["file"]).is_file() for r in records)
+
+
+def test_the_tables_numbers_are_the_rows_evaluation_reports(demo_run):
+    from handsynth.hand1000.evaluate import headline as hand1000_headline
+    from handsynth.twostage.evaluate import headline as twostage_headline
+
+    out = demo_run
+    tables = json.loads((out / "compare" / "table.json").read_text())
+    for row in tables["twostage"]["rows"]:
+        report = json.loads((out / row["report"]).read_text())
+        gestures = json.loads((out / row["report"]).with_name("gesture_accuracy.json").read_text())
+        expected = {
+            **twostage_headline(report),
+            "detection_rate": report["metrics"]["mpjpe"]["detection_rate"],
+            "gesture_accuracy": gestures["accuracy"],
+        }
+        assert row["values"] == {key: expected[key] for key in row["values"]}
+        assert report["generated"]["images"] == 4 and gestures["images"] == 4
+        assert np.isfinite(row["values"]["dap"])
+    assert tables["twostage"]["rows"][3]["paper"]["dap"] == 0.76  # the published values, in their column
+    by_row = {}
+    for row in tables["hand1000"]["rows"]:
+        if "report" in row:
+            report = json.loads((out / row["report"]).read_text())
+            expected = {
+                **hand1000_headline(report),
+                "detection_rate": report["metrics"]["hand_conf"]["detection_rate"],
+            }
+            assert row["values"] == {key: expected[key] for key in row["values"]}
+            by_row[row["gesture"], row["row"]] = row["values"]
+        else:
+            hand, base = by_row[row["gesture"], "hand1000"], by_row[row["gesture"], "base"]
+            assert row["values"]["fid"] == pytest.approx(hand["fid"] - base["fid"])
+            assert row["paper"]["fid"] == -28.599
+    text = (out / "compare" / "table.md").read_text()
+    assert "| row | DAP ↑ | DAP ↑ paper |" in text and "| call | base |" in text
+    assert "HandRefiner, StablePose and HumanSD" in text
+
+
+def test_an_interrupted_comparison_resumes_with_the_images_it_had_not_made(demo_run, monkeypatch):
+    from handsynth.twostage import baselines
+
+    out = demo_run
+    folder = out / "compare" / "twostage" / "samples" / "controlnet"
+    records = [json.loads(line) for line in (folder / "records.jsonl").open()]
+    last, kept = records[-1], records[:-1]
+    image = (folder / last["image"]).read_bytes()
+    (folder / last["image"]).unlink()  # as a run killed before its last image
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    others = {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("images/*.png")}
+    drawn = []
+
+    def counting(pipe, name, batch):
+        drawn.append((name, [r["key"] for r in batch]))
+        return draw_batch(pipe, name, batch)
+
+    draw_batch = baselines.draw_batch
+    monkeypatch.setattr(baselines, "draw_batch", counting)
+    assert main(["compare", "--config", str(out / "config.toml")]) == 0
+    assert drawn == [("controlnet", [last["key"]])]
+    assert (folder / last["image"]).read_bytes() == image  # its own seed: the image it would have been
+    assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else drawn again
 
 
 def test_interrupted_demo_resumes_without_redoing_steps(tmp_path, monkeypatch, caplog):

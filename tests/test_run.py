@@ -19,21 +19,46 @@ def changed_steps(key: str, value) -> list[str]:
 
 
 def test_a_change_reruns_its_step_and_those_after_it_only():
-    assert changed_steps("evaluate.grid_images", 3) == ["evaluate", "twostage-evaluate", "ablation", "report"]
-    assert changed_steps("generate.guidance", 5.0) == ["train", "generate", "evaluate", "report"]
+    # a new evaluation setting re-scores the comparison's rows without drawing its baselines again
+    assert changed_steps("evaluate.grid_images", 3) == [
+        "evaluate", "twostage-evaluate", "ablation", "compare", "report",
+    ]  # fmt: skip
+    assert changed_steps("generate.guidance", 5.0) == [
+        "train", "generate", "evaluate", "baselines", "compare", "report",
+    ]  # fmt: skip
     assert changed_steps("outpaint.lr", 1e-3) == [
-        "outpaint", "twostage-generate", "twostage-evaluate", "ablation", "report",
+        "outpaint", "twostage-generate", "twostage-evaluate", "ablation", "baselines", "compare", "report",
     ]  # fmt: skip
     assert changed_steps("twostage.ablation", ["naive"]) == [
-        "twostage-generate", "twostage-evaluate", "ablation", "report",
+        "twostage-generate", "twostage-evaluate", "ablation", "baselines", "compare", "report",
     ]  # fmt: skip
+    assert changed_steps("compare.t2i_adapter", "my-adapter") == ["baselines", "compare", "report"]
+    assert changed_steps("run.methods", ["twostage"]) == ["baselines", "compare", "report"]
     # a shared section re-runs both chains from their first step that reads it
     assert changed_steps("train.embedding_lr", 2e-3) == [
         "train", "generate", "evaluate", "handgen", "outpaint", "twostage-generate", "twostage-evaluate",
-        "ablation", "report",
+        "ablation", "baselines", "compare", "report",
     ]  # fmt: skip
-    everything = [step.name for step in [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.REPORT]]
-    assert changed_steps("data.image_size", 256) == everything and len(everything) == 13
+    everything = [
+        step.name
+        for step in [*run.HAND1000_STEPS, *run.TWOSTAGE_STEPS, run.BASELINES, run.COMPARE, run.REPORT]
+    ]
+    assert changed_steps("data.image_size", 256) == everything and len(everything) == 15
+
+
+def test_without_baselines_there_is_no_comparison_step():
+    config = Config()
+    config.compare.baselines = []
+    assert [step.name for step in run.steps_for(config)][-3:] == ["generate", "evaluate", "report"]
+
+
+def test_an_unknown_baseline_fails_before_any_step_runs(tmp_path):
+    config = Config()
+    config.run.output_dir = str(tmp_path / "run")
+    config.compare.baselines = ["sd", "handrefiner"]
+    with pytest.raises(HandsynthError, match=r"compare.baselines: unknown \['handrefiner'\]"):
+        run.run_pipeline(config)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_step_run_again_for_a_changed_config_starts_from_empty_outputs(tmp_path, monkeypatch):
@@ -53,6 +78,7 @@ def test_a_step_run_again_for_a_changed_config_starts_from_empty_outputs(tmp_pat
     monkeypatch.setattr(run, "REPORT", run.Step("report", "report", lambda config, out: {}, ()))
     config = Config()
     config.run.output_dir = str(tmp_path)
+    config.compare.baselines = []
     run.run_pipeline(config)
     run.run_pipeline(config)  # unchanged: skipped, the samples kept
     config.generate.guidance = 5.0

@@ -3,7 +3,8 @@
 Each package keeps its command-line code in its own `cli` module, whose `add_commands(subparsers)` adds
 its commands: `data.cli` (the Hand1000 dataset), `hand1000.cli` (Stage I, training, generation) and
 `twostage.cli` (pose data, hand generator, outpainter, generation, ablation). The commands that span
-both methods live here: `run` (the chain), `demo` and `evaluate`.
+both methods live here: `run` (the chain), `demo`, `evaluate` and `compare` (the baselines and the
+papers' tables).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     hand1000_cli.add_commands(subparsers)
     data_cli.add_commands(subparsers)
     add_evaluate_command(subparsers)
+    add_compare_command(subparsers)
     twostage_cli.add_commands(subparsers)
     for each in _all_parsers(parser):
         each.formatter_class = _HelpFormatter
@@ -89,10 +91,11 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run both methods offline on tiny models and a synthetic gesture dataset",
-        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, CLIP, LLM, "
-        "LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses and hand "
-        "masks, then run the Hand1000 chain and the two-stage chain on them, as `handsynth run` does "
-        "with real models. Finished steps are skipped on a re-run.",
+        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, T2I-Adapter, "
+        "CLIP, LLM, LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses "
+        "and hand masks, then run the Hand1000 chain and the two-stage chain on them, and each method "
+        "against its baselines in the papers' tables, as `handsynth run` does with real models. Finished "
+        "steps are skipped on a re-run.",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -225,6 +228,42 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     method = twostage_cli if args.method == "twostage" else hand1000_cli
     return method.run_evaluate(args, config)
+
+
+def add_compare_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="each method against its baselines on the same prompts, poses and seeds: the papers' tables",
+        description="Two-stage (seed 004, Table I): SD, the OpenPose ControlNet without the LoRA and the "
+        "OpenPose T2I-Adapter, through diffusers' pipelines, on the poses, prompts and seeds of "
+        "<run>/twostage/samples. Hand1000 (its Table 2): the base model on the prompts and seeds of "
+        "<run>/samples/<gesture>. Every row is scored with the run's [evaluate] settings; writes "
+        "<run>/compare/table.md, table.json and side-by-side sheets. Resumes where it was stopped.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--baselines",
+        dest="compare.baselines",
+        type=comma_list,
+        help="comma-separated rows besides the methods: sd, controlnet, t2i_adapter (two-stage), base "
+        "(Hand1000) (default all)",
+    )
+    parser.add_argument(
+        "--methods", dest="run.methods", type=comma_list, help="hand1000, twostage (default run.methods)"
+    )
+    parser.add_argument("--batch-size", dest="compare.batch_size", type=int, help="images per call (4)")
+    parser.add_argument("--device", dest="run.device", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(func=run_compare_command)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    from handsynth.compare import run_compare
+
+    config = config_from_args(args)
+    if not config.compare.baselines:
+        raise HandsynthError("compare.baselines is empty; name at least one, e.g. --baselines sd")
+    print(run_compare(config))
+    return 0
 
 
 class _WithoutEmptyNotices(logging.Filter):

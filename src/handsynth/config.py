@@ -2,8 +2,8 @@
 
 Sections mirror the pipelines. Hand1000: `data`, `features`, `model`, `train`, `generate`, `evaluate`.
 The two-stage method: `pose` (its dataset), `handgen` (stage 1), `outpaint` (stage 2), and `evaluate`.
-`run` is shared, and so are the machinery keys of `train` (precision, optimiser, checkpoints, resume,
-validation, max_steps), which every trainer reads.
+`compare` sets each method against its baselines. `run` is shared, and so are the machinery keys of
+`train` (precision, optimiser, checkpoints, resume, validation, max_steps), which every trainer reads.
 A flag declared with `dest="section.key"`, or `--set section.key=value`, overrides the file.
 """
 
@@ -244,6 +244,19 @@ class EvaluateSection:
 
 
 @dataclass
+class CompareSection:
+    """`handsynth compare`: each method against its baselines, on the prompts, poses and seeds it used."""
+
+    # two-stage rows: sd, controlnet, t2i_adapter; Hand1000: base (model.base). Empty: no comparison.
+    baselines: list[str] = field(default_factory=lambda: ["sd", "controlnet", "t2i_adapter", "base"])
+    # the two-stage rows' text-to-image SD: the outpainter's family (outpaint.base is its inpainting model)
+    sd_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    t2i_adapter: str = "TencentARC/t2iadapter_openpose_sd14v1"
+    batch_size: int = 4  # images per baseline pipeline call
+    sheet_rows: int = 4  # prompts in each side-by-side sheet
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
@@ -256,6 +269,7 @@ class Config:
     handgen: HandgenSection = field(default_factory=HandgenSection)
     outpaint: OutpaintSection = field(default_factory=OutpaintSection)
     twostage: TwostageSection = field(default_factory=TwostageSection)
+    compare: CompareSection = field(default_factory=CompareSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""`handsynth demo`: both methods' chains offline, on tiny models and synthetic gesture data.
+"""`handsynth demo`: both methods' chains and their comparison with the baselines, offline, on tiny
+models and synthetic gesture data.
 
 It is `handsynth run` with a small config whose model ids point at tiny random-weight models that
 the demo writes first: the same code paths and config format as a real run, in minutes on a CPU.
@@ -61,6 +62,7 @@ DEMO_DEFAULTS = {
 
 def with_tiny_models(config: Config) -> Config:
     """Write the tiny models under the run folder and point the config's model ids at them."""
+    from handsynth.tiny.adapter import write_tiny_t2i_adapter
     from handsynth.tiny.captioners import write_tiny_llava
     from handsynth.tiny.clip import write_tiny_clip
     from handsynth.tiny.controlnet import write_tiny_controlnet
@@ -79,4 +81,8 @@ def with_tiny_models(config: Config) -> Config:
         config.outpaint.base = str(write_tiny_sd_inpainting(folder / "sd-inpainting", seed=seed))
         config.outpaint.controlnet = str(write_tiny_controlnet(folder / "controlnet", seed=seed))
         config.pose.captioner_model = str(write_tiny_llava(folder / "llava", seed=seed))
+        # the baselines: the tiny SD stands in for SD 1.5, the outpainter's ControlNet without its LoRA
+        # for the plain one, and a tiny T2I-Adapter for TencentARC's OpenPose adapter
+        config.compare.sd_base = config.handgen.base
+        config.compare.t2i_adapter = str(write_tiny_t2i_adapter(folder / "t2i-adapter", seed=seed))
     return config

@@ -423,3 +423,23 @@ def finished_records(
             )
         done[record[key]] = record
     return done
+
+
+def generated_records(folder: str | os.PathLike, command: str) -> list[dict]:
+    """The records of a generated folder's records.jsonl, or an error naming the `command` that makes
+    them."""
+    path = Path(folder) / "records.jsonl"
+    records = read_jsonl(path) if path.is_file() else []
+    if not records:
+        raise HandsynthError(f"no generated images in {path.parent}; run `{command}` first")
+    return records
+
+
+def check_one_setting(records: list[dict], keys: Iterable[str], folder: str | os.PathLike) -> None:
+    """An error unless every record has the same values at `keys` (what one pipeline call shares)."""
+    keys = tuple(keys)
+    if len({json.dumps([record.get(k) for k in keys]) for record in records}) > 1:
+        raise HandsynthError(
+            f"{folder}/records.jsonl mixes sampling settings ({', '.join(keys)}); make its images again "
+            "with one setting before comparing"
+        )

@@ -1,8 +1,9 @@
 """One HTML page per run: config, dataset, Stage I coverage, loss curves, sample grids, metrics, and for
 the two-stage method its walk from pose to image, its metrics and the blending ablation.
 
-It only reads what the steps wrote under the run folder, and links images by relative path, so the
-page can be opened straight from disk or served with the folder.
+With `handsynth compare`, the papers' tables and side-by-side sheets come first. It only reads what the
+steps wrote under the run folder, and links images by relative path, so the page can be opened straight
+from disk or served with the folder.
 """
 
 from __future__ import annotations
@@ -277,6 +278,31 @@ def _twostage_section(out: Path, data_dir: Path) -> str:
     return "\n".join(parts) or '<p class="note">no two-stage outputs</p>'
 
 
+def _compare_section(out: Path) -> str:
+    """The papers' tables of `handsynth compare`, each with its side-by-side sheet."""
+    from handsynth.compare import table_cells
+
+    tables = _read_json(out / "compare" / "table.json")
+    if not tables:
+        return '<p class="note">no comparison (compare.baselines is empty, or the step has not run)</p>'
+    parts = []
+    for method, table in tables.items():
+        headers, rows = table_cells(table)
+        parts += [
+            f"<h3>{html.escape(table['title'])}</h3>",
+            _table(headers, rows, f"compare-{method}"),
+            f'<p class="note">Paper columns: {html.escape(table["source"])}. Every row is drawn from the '
+            "same prompts and seeds and scored with the same evaluation settings; each row's report is "
+            "named in <code>compare/table.json</code>.</p>",
+            _image(out, out / table["sheet"], f"{method}: the same prompt and seed, one column per row"),
+        ]
+    parts.append(
+        '<p class="note">HandRefiner, StablePose and HumanSD, also in seed 004\'s Table I, each need their '
+        "own code base and are left out.</p>"
+    )
+    return "\n".join(parts)
+
+
 def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
     """Write `<out>/report.html` from the files the run's steps left; return its path.
 
@@ -300,6 +326,8 @@ def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
         f'<p class="note">{html.escape(str(out.resolve()))}</p>',
         _TINY_NOTE if (out / "tiny-models").is_dir() else "",
     ]
+    if (out / "compare").is_dir():
+        body += ["<h2>Against the baselines: the papers' tables</h2>", _compare_section(out)]
     if "hand1000" in methods:
         loss_plot = plot_losses(out, gestures)
         body += [

@@ -2,11 +2,12 @@
 
 Hand1000: dataset -> quality -> features -> train -> generate -> evaluate.
 Two-stage: pose data -> hand generator -> outpainter -> generate -> evaluate -> blending ablation.
-Then the report page. Each step reads the files the one before wrote under the run folder. A finished
-step leaves a marker in `steps/` with a fingerprint of the config sections it and the steps before it
-read; a re-run skips it while those are unchanged (a new [evaluate] setting re-runs the evaluations, not
-the training), a generation step run again for a changed config starts from an empty folder, and a
-step cut short resumes from the work it had saved.
+Then, with compare.baselines, the baselines on each method's prompts, poses and seeds and the papers'
+tables (`handsynth compare`), and the report page. Each step reads the files the one before wrote under
+the run folder. A finished step leaves a marker in `steps/` with a fingerprint of the config sections it
+and the steps before it read; a re-run skips it while those are unchanged (a new [evaluate] setting
+re-runs the evaluations, not the training), a generation step run again for a changed config starts
+from an empty folder, and a step cut short resumes from the work it had saved.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handsynth import files
+from handsynth.compare import check_compare_settings
 from handsynth.config import Config, save_config
 from handsynth.data.gestures import check_gesture
 from handsynth.errors import HandsynthError
@@ -163,6 +165,19 @@ def _ablation(config: Config, out: Path) -> dict:
     return {"rows": table["rows"]}
 
 
+def _baselines(config: Config, out: Path) -> dict:
+    from handsynth.compare import generate_baselines
+
+    return {"images": generate_baselines(config)}
+
+
+def _compare(config: Config, out: Path) -> dict:
+    from handsynth.compare import compare_rows
+
+    tables = compare_rows(config)
+    return {"file": "compare/table.md", "rows": {m: len(t["rows"]) for m, t in tables.items()}}
+
+
 def _report(config: Config, out: Path) -> dict:
     from handsynth.report import write_run_report
 
@@ -211,12 +226,36 @@ TWOSTAGE_STEPS = chained(
         Step("ablation", "blending ablation: sequential, naive, bbox", _ablation, (), ("twostage/ablation",)),
     ]
 )
+
+
+def sections_read(*chains: list[Step], leave_out: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every config section the steps of `chains` read, but those in `leave_out`."""
+    read = (name for chain in chains for step in chain for name in step.sections)
+    return tuple(name for name in dict.fromkeys(read) if name not in leave_out)
+
+
+# The comparison reads what both chains read, and run.methods (a method added adds its rows); its
+# images do not depend on [evaluate], so a new evaluation setting re-scores them without redrawing.
+BASELINES = Step(
+    "baselines",
+    "baselines on the methods' prompts, poses and seeds",
+    _baselines,
+    ("run", *sections_read(HAND1000_STEPS, TWOSTAGE_STEPS, leave_out=("evaluate",)), "compare"),
+    ("compare/twostage/samples", "compare/hand1000/samples"),
+)
+COMPARE = Step(
+    "compare",
+    "the papers' tables: every row scored alike",
+    _compare,
+    ("run", *sections_read(HAND1000_STEPS, TWOSTAGE_STEPS), "compare"),
+)
 REPORT = Step("report", "report page", _report, tuple(f.name for f in dataclasses.fields(Config)))
 
 
 def steps_for(config: Config) -> list[Step]:
     chains = {"hand1000": HAND1000_STEPS, "twostage": TWOSTAGE_STEPS}
-    return [step for method in config.run.methods for step in chains[method]] + [REPORT]
+    comparing = [BASELINES, COMPARE] if config.compare.baselines else []
+    return [step for method in config.run.methods for step in chains[method]] + comparing + [REPORT]
 
 
 def config_fingerprint(config: Config, sections: tuple[str, ...]) -> str:
@@ -229,6 +268,7 @@ def config_fingerprint(config: Config, sections: tuple[str, ...]) -> str:
 
 def check_config(config: Config) -> None:
     """What can be checked before any work starts, so a typo does not fail an hour in."""
+    check_compare_settings(config)
     unknown = [m for m in config.run.methods if m not in METHODS]
     if unknown or not config.run.methods:
         raise HandsynthError(

@@ -18,7 +18,7 @@ leaves it, and a run stopped on any number of processes resumes on any number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +124,49 @@ class SharedOutput:
         return progress_bar(
             total=len(self.share), desc=desc, unit=unit, disable=not (enabled and self.is_main)
         )
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes what a launch makes once (records.jsonl, grids)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def make_images(
+    out_dir: str | Path,
+    plan: list[dict],
+    draw: Callable[[list[dict], str], list[Any]],
+    settings_keys: Iterable[str],
+    *,
+    key: str = "index",
+    file_field: str = "file",
+    batch_size: int = 1,
+    what: str = "image",
+    desc: str = "generate",
+    progress: bool = True,
+    device: str = "auto",
+) -> list[dict]:
+    """Make the image of every record of `plan` that `<out_dir>/records.jsonl` does not already hold,
+    `batch_size` records per `draw(records, device) -> PIL images` call, this process's share of them
+    under `accelerate launch` (`device` is `run.device`, or the process's own device among several).
+    Each image is saved at its record's `file_field` and its record appended as soon as it is made, so an
+    interrupted run resumes; `draw` may add fields to the records it is given. Returns every record in
+    plan order, the order the main process rewrites records.jsonl in, so a resumed or shared run ends
+    with the file of an uninterrupted one-process run."""
+    out_dir = Path(out_dir)
+    share = SharedOutput(out_dir, plan, settings_keys, (file_field,), key=key, what=what, device=device)
+    done = share.finished()
+    todo = share.mine([record for record in plan if record[key] not in done])
+    with share.progress(desc, what, progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            for record, image in zip(batch, draw(batch, share.device), strict=True):
+                files.save_image(out_dir / record[file_field], image)  # the commit point is the record
+                share.append(record)
+            bar.update(len(batch))
+    done = share.gather()
+    records = [done[record[key]] for record in plan]
+    if share.is_main:
+        files.write_jsonl(out_dir / "records.jsonl", records)
+    return records

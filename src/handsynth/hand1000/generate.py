@@ -19,15 +19,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from handsynth import files
 from handsynth.config import Config, check_at_least_one, check_image_side
 from handsynth.errors import HandsynthError
 from handsynth.hand1000.fusion import read_hand1000_config
-from handsynth.sharing import SharedOutput
-from handsynth.training.diffusion import vae_scale
+from handsynth.sharing import is_main_process, make_images
+from handsynth.training.diffusion import record_generators, vae_scale
 
 log = logging.getLogger(__name__)
 
@@ -161,37 +160,29 @@ def generate_samples(
     out_dir = Path(out_dir)
     size = image_size(config, model_folder)
     plan = plan_images(config, str(Path(model_folder).resolve()), prompts, keys, size)
-    share = SharedOutput(out_dir, plan, SETTINGS_KEYS, device=config.run.device)
-    done = share.finished()
-    todo = share.mine([r for r in plan if r["index"] not in done])
-    if todo:
+
+    def draw(batch: list[dict[str, Any]], device: str) -> list[Image.Image]:
+        nonlocal pipe
         if pipe is None:
-            pipe = Hand1000Pipeline.from_pretrained(model_folder, device=share.device)
+            pipe = Hand1000Pipeline.from_pretrained(model_folder, device=device)
         pipe.sd.set_progress_bar_config(disable=True)
-        bar = share.progress(f"generate {out_dir.name}", "img", progress)
-        for start in range(0, len(todo), g.batch_size):
-            batch = todo[start : start + g.batch_size]
-            images = pipe(
-                [r["prompt"] for r in batch],
-                mu=g.mu,
-                num_inference_steps=g.steps,
-                guidance_scale=g.guidance,
-                height=size[0],
-                width=size[1],
-                generator=[torch.Generator("cpu").manual_seed(r["seed"]) for r in batch],
-                output_type="pil",
-            ).images
-            for record, image in zip(batch, images, strict=True):
-                files.save_image(out_dir / record["file"], image)
-                share.append(record)
-            bar.update(len(batch))
-        bar.close()
-    done = share.gather()
-    records = [done[r["index"]] for r in plan]
-    if not share.is_main:
+        return pipe(
+            [r["prompt"] for r in batch],
+            mu=g.mu,
+            num_inference_steps=g.steps,
+            guidance_scale=g.guidance,
+            height=size[0],
+            width=size[1],
+            generator=record_generators(batch),
+            output_type="pil",
+        ).images
+
+    records = make_images(
+        out_dir, plan, draw, SETTINGS_KEYS, batch_size=g.batch_size, desc=f"generate {out_dir.name}",
+        progress=progress, device=config.run.device,
+    )  # fmt: skip
+    if not is_main_process():
         return records
-    # Rewritten in index order, so a resumed run ends with the same file as an uninterrupted one.
-    files.write_jsonl(out_dir / "records.jsonl", records)
     shown = records[:GRID_MAX_IMAGES]
     images = [files.load_image(out_dir / r["file"]) for r in shown]
     columns = g.images_per_prompt if g.images_per_prompt > 1 else math.ceil(math.sqrt(len(shown)))

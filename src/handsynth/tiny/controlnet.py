@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from handsynth.files import atomic_dir
-from handsynth.tiny.sd import TINY_UNET
+from handsynth.tiny.sd import TINY_UNET, write_model
 
 CONDITION_CHANNELS = (16, 32)
 ZERO_CONV_SCALE = 0.05
@@ -39,9 +38,4 @@ def build_tiny_controlnet(seed: int = 0) -> ControlNetModel:
 
 def write_tiny_controlnet(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny ControlNet to `folder` (skipped if already complete); return the folder."""
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return folder
-    with atomic_dir(folder) as tmp:
-        build_tiny_controlnet(seed).save_pretrained(tmp)
-    return folder
+    return write_model(folder, build_tiny_controlnet, seed)

@@ -20,7 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from handsynth.files import atomic_dir
+from handsynth.files import atomic_dir, save_pretrained_atomically
 from handsynth.tiny.tokenizer import write_clip_tokenizer
 
 TEXT_DIM = 32
@@ -93,6 +93,14 @@ def build_tiny_sd(tokenizer_folder: str | Path, seed: int = 0) -> StableDiffusio
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def write_model(folder: str | Path, build: Callable, seed: int) -> Path:
+    """Write `build(seed)`'s model to `folder` (skipped if complete: it has its config); return it."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        save_pretrained_atomically(folder, build(seed))
+    return folder
 
 
 def _write_pipeline(folder: str | Path, build: Callable, seed: int) -> Path:

@@ -146,3 +146,49 @@ def ddim_scheduler(scheduler_config: Any) -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+
+
+def record_generators(records: list[dict]) -> list[torch.Generator]:
+    """One CPU generator per record, seeded with the record's "seed": each image is drawn from its own
+    seed, so it is the same whichever batch or process made it."""
+    return [torch.Generator("cpu").manual_seed(int(record["seed"])) for record in records]
+
+
+def draw_records(pipe: Any, records: list[dict], **kwargs: Any) -> list[Any]:
+    """The images of a diffusers Stable Diffusion pipeline for `records`, each from its prompt and its
+    own seed, with DDIM's eta 0; the records share steps, guidance, height, width and negative_prompt
+    (when they have one). `kwargs` go to the pipeline (a condition image, its scale)."""
+    first = records[0]
+    negative = first.get("negative_prompt")
+    return pipe(
+        [r["prompt"] for r in records],
+        negative_prompt=[r["negative_prompt"] for r in records] if negative else None,
+        num_inference_steps=first["steps"],
+        guidance_scale=first["guidance"],
+        height=first["height"],
+        width=first["width"],
+        eta=0.0,
+        generator=record_generators(records),
+        **kwargs,
+    ).images
+
+
+def load_sampling_pipeline(
+    pipeline: Any, base: str, config_key: str, device: str, parts: dict[str, Any] | None = None
+) -> Any:
+    """A diffusers Stable Diffusion pipeline class loaded from `base` (with `parts` given, a ControlNet
+    or an adapter) on `device` in its inference dtype, sampling with DDIM as
+    handsynth's own samplers do, without the safety checker (it blanks images, the metrics need them)."""
+    torch_device = hub.resolve_device(device)
+    pipe = hub.from_pretrained(
+        pipeline,
+        base,
+        config_key,
+        dtype=hub.resolve_dtype(None, torch_device),
+        safety_checker=None,
+        requires_safety_checker=False,
+        **(parts or {}),
+    ).to(torch_device)
+    pipe.scheduler = ddim_scheduler(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
