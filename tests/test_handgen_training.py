@@ -25,6 +25,7 @@ from handsynth.twostage.handgen.data import (
     CONTRAST,
     RGB_SHIFT,
     augment,
+    built_crop_margin,
     drop_masks,
     load_batch,
     read_hand_items,
@@ -90,6 +91,16 @@ def test_the_manifest_is_read_and_bad_rows_are_named(hands_manifest, tmp_path):
     assert "hand002: mask " in message and "masks/hand002.png not found" in message
     assert "hand005: no heatmaps" in message
     assert "hand006: hands must be 42 x [x, y, v], got shape (21, 3)" in message
+
+
+def test_the_crop_margin_is_the_builds_or_else_the_configured_one(hands_manifest, tmp_path):
+    assert built_crop_margin(hands_manifest, 0.25) == 0.15  # hands_fixture's settings.json
+    own = copy_manifest(hands_manifest, tmp_path / "own", lambda rows, folder: None)
+    (own.parent / "settings.json").unlink()
+    assert built_crop_margin(own, 0.3) == 0.3
+    (own.parent / "settings.json").write_text("{}")
+    with pytest.raises(HandsynthError, match="settings.json holds no readable crop_margin"):
+        built_crop_margin(own, 0.3)
 
 
 def test_a_mask_or_heatmaps_of_the_wrong_size_is_named_when_loaded(hands_manifest, tmp_path):
@@ -271,6 +282,8 @@ def test_the_saved_folder_loads_in_plain_diffusers(trained):
     assert settings["resolution"] == 64 and settings["mask_loss_weight"] == 0.05
     assert settings["mask_feature"] == "input of up_blocks.0.upsamplers.0"
     assert settings["trained_steps"] == settings["total_steps"] == 6
+    # the margin the crops were cut with (settings.json beside hands.jsonl), not pose.crop_margin's 0.25
+    assert settings["crop_margin"] == 0.15
     index = json.loads((folder / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
     assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False

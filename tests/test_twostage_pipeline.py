@@ -17,8 +17,8 @@ from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
-from handsynth.twostage.data.crops import hand_keypoints
-from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
+from handsynth.twostage.data.crops import hand_keypoints, plan_crops
+from handsynth.twostage.generate import fit_pose, generate_twostage, load_pipeline, read_pose_jobs
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import place_hands
 from handsynth.twostage.pipeline import TwoStagePipeline
@@ -39,7 +39,7 @@ def handgen_path(tiny_sd_path, tmp_path_factory):
     torch.manual_seed(0)
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet"))
     folder = tmp_path_factory.mktemp("models") / "handgen"
-    settings = {"resolution": 32, "steps": 3, "guidance": 2.0}
+    settings = {"resolution": 32, "steps": 3, "guidance": 2.0, "crop_margin": 0.25}
     return save_hand_generator(folder, str(tiny_sd_path), unet, build_mask_head(unet, 2), settings)
 
 
@@ -156,6 +156,29 @@ def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refuse
         body_only[part] = 0
     with pytest.raises(HandsynthError, match="no hand to draw"):
         run(pipe, body_only)
+
+
+def test_the_crop_margin_is_the_hand_generators(
+    pipe, handgen_path, tiny_inpaint_path, tiny_controlnet_path, tmp_path
+):
+    pose = toy_pose(SIZE)
+    assert pipe.crop_margin == 0.25  # handgen.json's
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    hands.settings = {**hands.settings, "crop_margin": 0.5}
+    wider = TwoStagePipeline(hands, pipe.outpainter)
+    assert wider.crop_margin == 0.5
+    boxes = [plan.box for plan in run(wider, pose).crops]
+    assert boxes == [plan.box for plan in plan_crops(pose, SIZE, SIZE, 0.5)]
+    assert boxes != [plan.box for plan in plan_crops(pose, SIZE, SIZE, 0.25)]
+    del hands.settings["crop_margin"]
+    with pytest.raises(HandsynthError, match="records no crop_margin"):
+        TwoStagePipeline(hands, pipe.outpainter)
+    # `twostage generate` loads it from the folder, whatever pose.crop_margin says
+    config = Config()
+    config.run.device, config.run.output_dir, config.pose.crop_margin = "cpu", str(tmp_path), 0.1
+    config.handgen.model_dir = str(handgen_path)
+    config.outpaint.base, config.outpaint.controlnet = str(tiny_inpaint_path), str(tiny_controlnet_path)
+    assert load_pipeline(config).crop_margin == 0.25
 
 
 def test_a_per_call_background_fills_the_canvas(pipe):

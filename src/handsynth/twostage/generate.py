@@ -269,5 +269,4 @@ def load_pipeline(config: Config) -> Any:
         lora_dir(config),
         device=config.run.device,
         settings=config.outpaint,
-        crop_margin=config.pose.crop_margin,
     )

@@ -29,7 +29,7 @@ from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import check_pose
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.data.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
+from handsynth.twostage.data.crops import MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import Canvas, DrawnHand, place_hands
 from handsynth.twostage.outpaint.models import DEFAULT_BASE, DEFAULT_CONTROLNET
@@ -71,10 +71,11 @@ class TwoStagePipeline:
     """Stage 1 (the hand generator) and stage 2 (the outpainter), and the canvas between them."""
 
     def __init__(
-        self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float = CROP_MARGIN
+        self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float | None = None
     ) -> None:
         """The hand generator's VAE and text encoder are replaced by the outpainter's when they hold
-        the same weights, so one copy serves both stages."""
+        the same weights, so one copy serves both stages. `crop_margin` (None: the one the hand
+        generator was trained with, from its handgen.json) widens the pose's hand crops."""
         models = outpainter.models
         if same_weights(hand_generator.vae, models.vae):
             hand_generator.vae = models.vae
@@ -82,7 +83,7 @@ class TwoStagePipeline:
             hand_generator.text_encoder = models.text_encoder
         self.hand_generator = hand_generator
         self.outpainter = outpainter
-        self.crop_margin = crop_margin
+        self.crop_margin = hand_generator.crop_margin if crop_margin is None else crop_margin
         self.offload_hooks: dict[str, list[Any]] = {}  # stage -> accelerate's UserCpuOffloadHooks
 
     @classmethod
@@ -95,7 +96,7 @@ class TwoStagePipeline:
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
         settings: OutpaintSection | None = None,
-        crop_margin: float = CROP_MARGIN,
+        crop_margin: float | None = None,
     ) -> TwoStagePipeline:
         """The hand-generator folder of `handsynth handgen train`, the outpainter's base and ControlNet
         (hub ids or folders) and the LoRA folder of `handsynth outpaint train` (None: no LoRA)."""

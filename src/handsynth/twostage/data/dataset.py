@@ -54,6 +54,7 @@ SPLITS = ("train", "test")
 REFERENCE_SIZE = 512  # pose.min_mask_pixels is counted at this image size (the paper's)
 _LIST_LIMIT = 1000  # skipped items named in the report (the counts are always complete)
 SKIP_REASONS = ("missing", "unreadable", "no_person", "no_hands")
+SETTINGS_FILE = "settings.json"  # beside images.jsonl and hands.jsonl: what shaped the images and crops
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _check_settings(out: Path, config: Config) -> None:
         "crop_margin": pose.crop_margin,
         "sam_model": pose.sam_model,
     }
-    path = out / "settings.json"
+    path = out / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != settings:
@@ -570,7 +571,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
             "merge again"
         )
     folders = [shards[(k, n)] for k in range(1, n + 1)]
-    settings = [json.loads((f / "settings.json").read_text(encoding="utf-8")) for f in folders]
+    settings = [json.loads((f / SETTINGS_FILE).read_text(encoding="utf-8")) for f in folders]
     if any(s != settings[0] for s in settings):
         raise HandsynthError(f"the shards under {base} were built with different settings: {settings}")
     image_rows, hand_rows, reports, moves = [], [], [], []
@@ -588,7 +589,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
     for rows in (image_rows, hand_rows):
         rows.sort(key=lambda r: (order[r["split"]], r["gesture"], r["key"]))
     report = _merge_reports(reports, [str(f) for f in folders])
-    files.write_json(base / "settings.json", settings[0])
+    files.write_json(base / SETTINGS_FILE, settings[0])
     files.write_jsonl(base / "images.jsonl", image_rows)
     files.write_jsonl(base / "hands.jsonl", hand_rows)
     files.write_json(base / "report.json", report)

@@ -53,6 +53,7 @@ from handsynth.twostage.handgen.data import (
     HandItem,
     augment,
     drop_masks,
+    built_crop_margin,
     load_batch,
     read_hand_items,
 )
@@ -271,6 +272,8 @@ def train_handgen(
         "mask_loss_weight": handgen.mask_loss_weight,
         "mask_dropout": handgen.mask_dropout,
         "heatmap_sigma_fraction": SIGMA_FRACTION,
+        # the two-stage pipeline cuts a pose's hands with the margin the generator learned from
+        "crop_margin": built_crop_margin(hands_manifest, config.pose.crop_margin),
         "mask_feature": f"input of {trainer.mask_feature}",
         "handgen": dataclasses.asdict(handgen),
         "train": dataclasses.asdict(config.train),
