@@ -63,7 +63,9 @@ def test_naive_uses_the_original_every_masked_step_and_bbox_the_box(hand):
     box = np.zeros_like(hand)
     box[16:32, 18:34] = True
     masks = blend_masks(hand, 6, "bbox", unmasked_steps=2, box=box, factor=2)
-    assert all(np.array_equal(m, latent_mask(box, 2)) for m in masks[:4]) and all(not m.any() for m in masks[4:])
+    assert all(np.array_equal(m, latent_mask(box, 2)) for m in masks[:4]) and all(
+        not m.any() for m in masks[4:]
+    )
     assert all(not m.any() for m in blend_masks(hand, 6, "none", unmasked_steps=0, factor=2))
     assert np.array_equal(blend_masks(hand, 4, "sequential", unmasked_steps=0, factor=2)[-1], original)
     assert all(not m.any() for m in blend_masks(hand, 2, "sequential", unmasked_steps=2, factor=2))

@@ -94,7 +94,9 @@ def test_dap_equals_pycocotools_called_directly(part, sigmas, indices):
     assert 0.05 < ours["value"] < 0.95  # the noise spans the thresholds, so the comparison means something
     # without scores every prediction ties at 1.0 and keeps the images' order, as in pycocotools
     stats = pycocotools_directly(truths, predictions, None, sigmas, indices)
-    assert pose_metrics.dap(truths, predictions, part, area="part")["value"] == pytest.approx(stats[0], abs=1e-12)
+    assert pose_metrics.dap(truths, predictions, part, area="part")["value"] == pytest.approx(
+        stats[0], abs=1e-12
+    )
 
 
 def numpy_oks(gt: np.ndarray, pred: np.ndarray, sigmas: np.ndarray, area: float) -> float:

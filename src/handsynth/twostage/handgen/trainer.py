@@ -52,8 +52,8 @@ from handsynth.twostage.handgen.data import (
     HandBatch,
     HandItem,
     augment,
-    drop_masks,
     built_crop_margin,
+    drop_masks,
     load_batch,
     read_hand_items,
 )
