@@ -44,7 +44,15 @@ from handsynth.errors import HandsynthError
 from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
-from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
+from handsynth.twostage.data.crops import (
+    box_in,
+    crop_hands,
+    cut_mask,
+    cut_square,
+    image_box,
+    split_hand_mask,
+    to_box,
+)
 from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
 from handsynth.twostage.data.masks import make_masker, read_mask
 
@@ -258,17 +266,20 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     height, width = rgb.shape[:2]
 
     start = time.perf_counter()
-    if sources[present[0]] == "synthetic":
+    if sources[present[0]] == "synthetic":  # one exact mask of both hands
         mask, mask_source = dilate_mask(own.mask(record, width, height)), "synthetic"
+        hand_masks = split_hand_mask(mask, keypoints)
     else:
         masker = masker_for()
-        hand_masks = masker.hand_masks(rgb, [keypoints[HANDS[side]] for side in present])
-        mask, mask_source = np.logical_or.reduce(hand_masks), masker.source
+        hand_masks = dict(
+            zip(present, masker.hand_masks(rgb, [keypoints[HANDS[s]] for s in present]), strict=True)
+        )
+        mask, mask_source = np.logical_or.reduce(list(hand_masks.values())), masker.source
     seconds["mask"] = time.perf_counter() - start
 
     start = time.perf_counter()
     source = Image.fromarray(rgb)
-    crops = crop_hands(source, mask, keypoints, pose.crop_size, pose.crop_margin)
+    crops = crop_hands(source, hand_masks, keypoints, pose.crop_size, pose.crop_margin)
     seconds["crop"] = time.perf_counter() - start
 
     size = pose.image_size
