@@ -20,3 +20,13 @@ def test_the_two_stage_data_section_follows_pose_output_dir_outside_the_run(tmp_
     assert "<td>selected</td>" in text and ">7<" in text
     (src,) = re.findall(r'<img src="([^"]+)" alt="two-stage data contact sheet"', text)
     assert (page.parent / src).resolve() == (data / "contact_sheet.png").resolve()
+
+
+def test_the_two_stage_section_counts_the_skipped_poses(tmp_path):
+    run = tmp_path / "run"
+    files.write_text(run / "config.toml", '[run]\nmethods = ["twostage"]\n')
+    reason = "the pose lies entirely off the 64x64 image"
+    rows = [{"key": "far", "skipped": reason}, {"key": "handless", "skipped": "no hand to draw"}]
+    files.write_jsonl(run / "twostage" / "samples" / "records.jsonl", rows)
+    text = write_run_report(run, []).read_text()
+    assert f"2 of 2 poses skipped: they cannot be drawn (first: far, {reason})" in text

@@ -18,10 +18,11 @@ from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
 from handsynth.twostage.data.crops import hand_keypoints, plan_crops
-from handsynth.twostage.generate import fit_pose, generate_twostage, load_pipeline, read_pose_jobs
+from handsynth.twostage.evaluate import read_samples
+from handsynth.twostage.generate import PoseJob, fit_pose, generate_twostage, load_pipeline, read_pose_jobs
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import place_hands
-from handsynth.twostage.pipeline import TwoStagePipeline
+from handsynth.twostage.pipeline import TwoStagePipeline, UndrawablePose, check_drawable
 
 PROMPT = "a woman in a green coat raising both hands"
 SIZE = 64
@@ -264,6 +265,55 @@ def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypa
     assert len(calls) == 1 and again[0]["key"] == "p1"
     kept = [json.loads(line)["key"] for line in (out / "records.jsonl").read_text().splitlines()]
     assert kept == ["p1", "p0"]
+
+
+def test_poses_that_cannot_be_drawn_are_named():
+    pose = toy_pose(SIZE)
+    assert check_drawable(pose, SIZE, SIZE) == {}
+    off = pose.copy()
+    off[:, 0] += 3 * SIZE  # the whole pose beside the image
+    with pytest.raises(UndrawablePose, match=r"entirely off the 64x64 image: none of its \d+ present"):
+        check_drawable(off, SIZE, SIZE)
+    sparse = pose.copy()
+    sparse[HANDS["left"][1:], 2] = 0  # the wrist alone
+    sparse[HANDS["right"], :2] = sparse[HANDS["right"]][0, :2]  # every point at the wrist
+    with pytest.raises(UndrawablePose, match="no hand to draw") as caught:
+        check_drawable(sparse, SIZE, SIZE)
+    assert "left hand: 1 of its 21 keypoints present, 2 needed" in str(caught.value)
+    assert "right hand: its 21 present keypoints all lie at one point" in str(caught.value)
+    one_off = pose.copy()
+    one_off[HANDS["left"], 1] -= 2 * SIZE  # that hand above the image, the other on it
+    assert check_drawable(one_off, SIZE, SIZE) == {"left": "every keypoint lies off the image"}
+
+
+def test_a_pose_that_cannot_be_drawn_is_skipped_and_recorded(pipe, tmp_path, caplog):
+    config = Config()
+    config.twostage.size, config.outpaint.steps, config.outpaint.previews = SIZE, 2, 0
+    config.handgen.steps, config.run.device = 2, "cpu"
+    good, off, handless = toy_pose(SIZE), toy_pose(SIZE), toy_pose(SIZE)
+    off[:, 1] += 2 * SIZE
+    for part in HANDS.values():
+        handless[part, 2] = 0
+    jobs = [
+        PoseJob(key, PROMPT, pose, "test")
+        for key, pose in (("off", off), ("good", good), ("nohands", handless))
+    ]
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        records = generate_twostage(config, jobs, out, pipe=pipe, progress=False)
+    assert [r["key"] for r in records] == ["good"] and (out / "images" / "good.png").is_file()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["good.png"]
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in lines] == ["off", "good", "nohands"]
+    assert "entirely off the 64x64 image" in lines[0]["skipped"] and "image" not in lines[0]
+    assert "no hand to draw" in lines[2]["skipped"] and "skipped" not in lines[1]
+    assert "2 of 3 poses skipped" in caplog.text
+    # the evaluation reads the made images and counts the skipped poses
+    samples = read_samples(out)
+    assert [r["key"] for r in samples if "skipped" not in r] == ["good"]
+    # a run in which every pose is skipped is an error that says why
+    with pytest.raises(HandsynthError, match=r"every one of the 2 poses was skipped.*off: the pose lies"):
+        generate_twostage(config, [jobs[0], jobs[2]], tmp_path / "none", pipe=pipe, progress=False)
 
 
 def test_a_photo_without_a_person_is_named(tmp_path):

@@ -261,9 +261,10 @@ def finished_records(
     key: str = "index",
     what: str = "image",
 ) -> dict[Any, dict]:
-    """The records of `<out_dir>/records.jsonl` whose files (`file_fields`, relative to `out_dir`) all
-    exist, by `key`, for a run that resumes. A record the `plan` also has but with other settings is an
-    error rather than work redone: redoing it would overwrite an image made another way."""
+    """The records of `<out_dir>/records.jsonl` that name all their files (`file_fields`, relative to
+    `out_dir`) and whose files all exist, by `key`, for a run that resumes. A record the `plan` also
+    has but with other settings is an error rather than work redone: redoing it would overwrite an
+    image made another way."""
     out_dir = Path(out_dir)
     path = out_dir / "records.jsonl"
     if not path.is_file():
@@ -272,7 +273,7 @@ def finished_records(
     done = {}
     for record in read_jsonl(path):
         want = planned.get(record.get(key))
-        if want is None or not all((out_dir / record[f]).is_file() for f in file_fields):
+        if want is None or not all(f in record and (out_dir / record[f]).is_file() for f in file_fields):
             continue
         changed = [k for k in settings_keys if record.get(k) != want[k]]
         if changed:

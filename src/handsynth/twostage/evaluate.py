@@ -264,9 +264,11 @@ def evaluate_twostage(
     segmenter: Segmenter | None = None,
     wanted: Sequence[str] = TWOSTAGE_METRICS,
     split: str = "test",
+    skipped_poses: int = 0,
 ) -> dict:
     """Every metric in `wanted` for one set of generated images; writes the report files (module
-    docstring) and returns the report. Inception features of the real images are cached in
+    docstring) and returns the report. `skipped_poses`: the poses generation skipped (no image),
+    counted in the report. Inception features of the real images are cached in
     `evaluate.cache_dir`; the fg features are made afresh, from the segmenter's masks. A segmenter may
     have a `name`, recorded in the settings."""
     from handsynth.hub import resolve_device
@@ -283,7 +285,7 @@ def evaluate_twostage(
     report: dict[str, Any] = {
         "method": "twostage",
         "real": {"manifest": str(real_manifest), "split": split, "images": len(real_paths)},
-        "generated": {"images": len(records)},
+        "generated": {"images": len(records), "skipped_poses": skipped_poses},
         "settings": {
             "feature_dims": dims,
             "preprocess": ev.preprocess,
@@ -434,6 +436,7 @@ def headline(report: dict) -> dict[str, float | None]:
 
 def markdown(report: dict) -> str:
     m, real = report["metrics"], report["real"]
+    skipped = report["generated"].get("skipped_poses", 0)  # absent from reports written before
     rows = []
     for key, label in (("dap", "DAP"), ("dap_hands", "DAP hands")):
         if key in m:
@@ -475,7 +478,8 @@ def markdown(report: dict) -> str:
         "# Evaluation: two-stage method",
         "",
         f"Real: {real['images']} '{real['split']}' images from `{real['manifest']}`  ",
-        f"Generated: {report['generated']['images']} images",
+        f"Generated: {report['generated']['images']} images"
+        + (f"; {skipped} poses skipped, records.jsonl says why" if skipped else ""),
         "",
         "| metric | value | counts |",
         "|---|---|---|",
@@ -524,14 +528,17 @@ class PersonMasks:
 
 
 def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
-    """The records of a `handsynth twostage generate` folder, image paths made whole."""
+    """The records of a `handsynth twostage generate` folder, image paths made whole; a skipped pose's
+    record has no image and says why under "skipped"."""
     samples_dir = Path(samples_dir)
     path = samples_dir / "records.jsonl"
     if not path.is_file():
         raise HandsynthError(
             f"no records.jsonl in {samples_dir}; make the images with `handsynth twostage generate`"
         )
-    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path)]
+    return [
+        {**r, "image": str(samples_dir / r["image"])} if "image" in r else r for r in files.read_jsonl(path)
+    ]
 
 
 def evaluate_samples(
@@ -552,6 +559,7 @@ def evaluate_samples(
     if keys is not None:
         chosen = set(keys)
         records = [r for r in records if r["key"] in chosen]
+    made = [r for r in records if "skipped" not in r]
     need_masks = bool({"fid_fg", "kid_fg"} & set(wanted))
     with PoseDetector(segmentation=need_masks and config.evaluate.fg_masks == "holistic") as detector:
         segmenter = None
@@ -560,5 +568,12 @@ def evaluate_samples(
                 detector, config.evaluate.fg_masks, config.pose.sam_model, config.run.device
             )
         return evaluate_twostage(
-            config, records, real_manifest, out, detector.pose_and_scores, segmenter, wanted
+            config,
+            made,
+            real_manifest,
+            out,
+            detector.pose_and_scores,
+            segmenter,
+            wanted,
+            skipped_poses=len(records) - len(made),
         )

@@ -9,7 +9,8 @@ the square image to make (`twostage.size`), centred and scaled to fit. Output, i
   its mask, the OpenPose condition image, `blend-masks.npz` (one latent-size mask per step) and
   `strip.png` (canvas | m_c | condition | blend masks | x0 previews | decoded | result);
 - `records.jsonl`: per image its key, prompt, the pose in the image's pixels, size, seed and settings
-  (what `handsynth evaluate --method twostage` reads);
+  (what `handsynth evaluate --method twostage` reads); a pose that cannot be drawn (off the image, no
+  hand to crop) is skipped, and its line says why under "skipped";
 - `grid.png`: pose | hand | canvas | result for the first images.
 
 A restart skips every pose that already has a record and an image; one made with other settings is
@@ -36,6 +37,7 @@ from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
 from handsynth.twostage.outpaint.models import default_lora_dir
 from handsynth.twostage.outpaint.sampler import SAMPLING_KEYS
+from handsynth.twostage.pipeline import TwoStagePipeline, UndrawablePose, check_drawable
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,11 @@ def generate_twostage(
     load: Callable[[], Any] | None = None,
     **outpaint_settings: Any,
 ) -> list[dict]:
-    """Make one image per pose job into `out_dir`; return every record (in job order).
+    """Make one image per pose job into `out_dir`; return the records of the images (in job order).
+
+    A pose that cannot be drawn (`check_drawable`: off the image, no hand to crop) is skipped: its line
+    in records.jsonl has no image and says why under "skipped". A run whose every pose is skipped is an
+    error.
 
     `pipe`: a loaded TwoStagePipeline, else `load()` makes one when there is an image to make (by
     default `load_pipeline(config)`). Job n uses seed
@@ -207,7 +213,15 @@ def generate_twostage(
     ]
     done = files.finished_records(out_dir, plan, SETTINGS_KEYS, ("image",), key="key", what="the pose")
     todo = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done]
+    skipped: dict[str, dict] = {}
     for job, record in tqdm(todo, desc="two-stage", disable=not progress, unit="img"):
+        try:
+            check_drawable(job.keypoints, size, size)
+        except UndrawablePose as exc:  # one bad pose must not stop the run
+            log.warning("pose %s (%s) skipped: %s", job.key, job.source, exc)
+            kept = {k: v for k, v in record.items() if k not in ("image", "intermediates")}
+            skipped[job.key] = {**kept, "skipped": str(exc)}
+            continue
         if pipe is None:
             pipe = load() if load else load_pipeline(config)
         result = pipe(
@@ -226,10 +240,19 @@ def generate_twostage(
         files.save_image(out_dir / record["image"], Image.fromarray(result.image))  # the commit point
         files.append_jsonl(out_dir / "records.jsonl", record)
         done[job.key] = record
-    records = [done[job.key] for job in jobs]
+    records = [done[job.key] for job in jobs if job.key in done]
     kept = files.read_jsonl(out_dir / "records.jsonl") if (out_dir / "records.jsonl").is_file() else []
-    others = [r for r in kept if r["key"] not in done]
-    files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
+    others = [r for r in kept if r["key"] not in {job.key for job in jobs}]
+    ordered = [done.get(job.key) or skipped[job.key] for job in jobs]
+    files.write_jsonl(out_dir / "records.jsonl", ordered + others)  # one line per key, this run's first
+    if not records:
+        reasons = "; ".join(f"{key}: {r['skipped']}" for key, r in list(skipped.items())[:3])
+        raise HandsynthError(
+            f"every one of the {len(jobs)} poses was skipped, so no image was made ({reasons}"
+            f"{' ...' if len(skipped) > 3 else ''}); the reasons are in {out_dir / 'records.jsonl'}"
+        )
+    if skipped:
+        log.warning("%d of %d poses skipped; records.jsonl says why", len(skipped), len(jobs))
     write_grid(out_dir, records)
     save_config(config, out_dir / "config.toml")
     return records
@@ -254,8 +277,6 @@ def default_poses(config: Config) -> Path:
 
 
 def load_pipeline(config: Config) -> Any:
-    from handsynth.twostage.pipeline import TwoStagePipeline
-
     handgen = default_handgen_dir(config)
     if not handgen.is_dir():
         raise HandsynthError(

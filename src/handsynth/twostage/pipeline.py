@@ -27,7 +27,7 @@ import torch
 
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
-from handsynth.perception.wholebody import check_pose
+from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.training.diffusion import PromptEncoder
 from handsynth.twostage.data.crops import MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
@@ -37,6 +37,48 @@ from handsynth.twostage.outpaint.outpainter import Outpainter
 from handsynth.twostage.outpaint.sampler import OutpaintResult
 
 log = logging.getLogger(__name__)
+
+
+class UndrawablePose(HandsynthError):
+    """A pose the two-stage method cannot draw: it lies off the image, or no hand has the keypoints a
+    crop and its placement need. A generation run skips such a pose and records why."""
+
+
+def undrawn_hands(pose: np.ndarray, width: int, height: int) -> dict[str, str]:
+    """Why each hand of `pose` cannot be drawn on the width x height image, by side; a hand not named
+    can be. A hand is cropped around its present keypoints (v > 0) and placed by a similarity fit on
+    them: it needs at least MIN_HAND_POINTS of them, not all at one point, and one on the image."""
+    reasons = {}
+    for side, part in HANDS.items():
+        points = pose[part][pose[part, 2] > 0, :2]
+        on_image = (points >= 0).all(axis=1) & (points[:, 0] <= width) & (points[:, 1] <= height)
+        if len(points) < MIN_HAND_POINTS:
+            reasons[side] = f"{len(points)} of its 21 keypoints present, {MIN_HAND_POINTS} needed"
+        elif np.ptp(points, axis=0).max() == 0:
+            reasons[side] = f"its {len(points)} present keypoints all lie at one point (no fit)"
+        elif not on_image.any():
+            reasons[side] = "every keypoint lies off the image"
+    return reasons
+
+
+def check_drawable(pose: np.ndarray, width: int, height: int) -> dict[str, str]:
+    """`undrawn_hands`, or an UndrawablePose naming why when no hand can be drawn."""
+    present = pose[pose[:, 2] > 0, :2]
+    inside = (present >= 0).all(axis=1) & (present[:, 0] <= width) & (present[:, 1] <= height)
+    if not inside.any():
+        raise UndrawablePose(
+            f"the pose lies entirely off the {width}x{height} image: none of its {len(present)} present "
+            "keypoints (v > 0) is on it; give keypoints in the pixels of the image to make"
+        )
+    reasons = undrawn_hands(pose, width, height)
+    if len(reasons) == len(HANDS):
+        raise UndrawablePose(
+            "the pose has no hand to draw ("
+            + "; ".join(f"{side} hand: {why}" for side, why in reasons.items())
+            + f"): the two-stage method needs a hand with {MIN_HAND_POINTS} or more present keypoints "
+            "(v > 0), apart, and on the image"
+        )
+    return reasons
 
 
 @dataclass
@@ -154,14 +196,14 @@ class TwoStagePipeline:
     ) -> TwoStageResult:
         """The image for `prompt` and the (133, 3) `pose`, given in the pixels of the width x height
         image to make. `hand_prompt` (default `prompt`) goes to the hand generator; `seed` fixes both
-        stages; `outpaint_settings` are `[outpaint]` keys for this call (blending, steps, ...)."""
+        stages; `outpaint_settings` are `[outpaint]` keys for this call (blending, steps, ...). A pose
+        with no hand to draw (`check_drawable`) raises UndrawablePose."""
         pose = check_pose(pose)
-        plans = plan_crops(pose, width, height, self.crop_margin)
-        if not plans:
-            raise HandsynthError(
-                f"the pose has no hand to draw: the two-stage method needs at least one hand with "
-                f"{MIN_HAND_POINTS} or more of its 21 keypoints present (v > 0)"
-            )
+        drawn_pose = pose.copy()
+        for side, why in check_drawable(pose, width, height).items():
+            log.warning("the %s hand is not drawn: %s", side, why)
+            drawn_pose[HANDS[side], 2] = 0
+        plans = plan_crops(drawn_pose, width, height, self.crop_margin)
         size = self.hand_generator.resolution
         keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
         models = self.outpainter.models
