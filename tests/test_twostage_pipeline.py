@@ -275,8 +275,8 @@ def test_poses_that_cannot_be_drawn_are_named():
     with pytest.raises(UndrawablePose, match=r"entirely off the 64x64 image: none of its \d+ present"):
         check_drawable(off, SIZE, SIZE)
     sparse = pose.copy()
-    sparse[HANDS["left"][1:], 2] = 0  # the wrist alone
-    sparse[HANDS["right"], :2] = sparse[HANDS["right"]][0, :2]  # every point at the wrist
+    sparse[92:112, 2] = 0  # the left wrist alone
+    sparse[HANDS["right"], :2] = sparse[112, :2]  # every right-hand point at its wrist
     with pytest.raises(UndrawablePose, match="no hand to draw") as caught:
         check_drawable(sparse, SIZE, SIZE)
     assert "left hand: 1 of its 21 keypoints present, 2 needed" in str(caught.value)
@@ -351,7 +351,9 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
             files.write_jsonl(out_dir / "records.jsonl", [{"key": "p0", "image": "images/p0.png"}])
         return [{"key": "p0", "image": "images/p0.png"}]
 
-    def fake_evaluate(config, records, real, out, detector, segmenter=None, wanted=(), split="test"):
+    def fake_evaluate(
+        config, records, real, out, detector, segmenter=None, wanted=(), split="test", **counts
+    ):
         scored[os.path.basename(os.path.dirname(out))] = [r["key"] for r in records]
         result = {"value": 1.0, "feature_dim": 192, "detection_rate": 1.0}
         return {"metrics": {"fid": result, "dap": result, "mpjpe": result}}
