@@ -286,6 +286,26 @@ def test_poses_that_cannot_be_drawn_are_named():
     assert check_drawable(one_off, SIZE, SIZE) == {"left": "every keypoint lies off the image"}
 
 
+def test_a_hand_off_the_image_is_left_out_and_named_and_an_absent_one_is_not(pipe, caplog):
+    pose = toy_pose(SIZE)
+    pose[HANDS["left"], 1] -= 2 * SIZE
+    pose[HANDS["right"], 2] = 0
+    with pytest.raises(UndrawablePose):
+        run(pipe, pose)
+    pose = toy_pose(SIZE)
+    pose[HANDS["left"], 1] -= 2 * SIZE
+    with caplog.at_level("WARNING"):
+        result = run(pipe, pose)
+    assert [plan.sides for plan in result.crops] == [("right",)]
+    assert "the left hand is not drawn: every keypoint lies off the image" in caplog.text
+    assert "right hand is not drawn" not in caplog.text
+    caplog.clear()
+    pose[HANDS["left"], 2] = 0  # absent, not off the image
+    with caplog.at_level("WARNING"):
+        run(pipe, pose)
+    assert "not drawn" not in caplog.text
+
+
 def test_a_pose_that_cannot_be_drawn_is_skipped_and_recorded(pipe, tmp_path, caplog):
     config = Config()
     config.twostage.size, config.outpaint.steps, config.outpaint.previews = SIZE, 2, 0

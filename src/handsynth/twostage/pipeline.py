@@ -201,7 +201,8 @@ class TwoStagePipeline:
         pose = check_pose(pose)
         drawn_pose = pose.copy()
         for side, why in check_drawable(pose, width, height).items():
-            log.warning("the %s hand is not drawn: %s", side, why)
+            if (pose[HANDS[side], 2] > 0).any():  # an absent hand needs no word
+                log.warning("the %s hand is not drawn: %s", side, why)
             drawn_pose[HANDS[side], 2] = 0
         plans = plan_crops(drawn_pose, width, height, self.crop_margin)
         size = self.hand_generator.resolution
