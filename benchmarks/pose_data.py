@@ -31,7 +31,7 @@ from handsynth.data.synthetic import write_synthetic_hagrid
 from handsynth.perception.hands import HandDetector, import_mediapipe
 from handsynth.perception.pose import PoseDetector
 from handsynth.perception.wholebody import HANDS
-from handsynth.twostage.data.crops import crop_hands
+from handsynth.twostage.data.crops import crop_hands, split_hand_mask
 from handsynth.twostage.data.masks import LandmarkMasker, dilate, read_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,9 @@ def main() -> None:
 
     def mask(item):
         rgb, pose = item
-        return np.logical_or.reduce(
-            masker.hand_masks(rgb, [pose.keypoints[HANDS[s]] for s in pose.hands_found])
+        sides = pose.hands_found
+        return dict(
+            zip(sides, masker.hand_masks(rgb, [pose.keypoints[HANDS[s]] for s in sides]), strict=True)
         )
 
     pairs = list(zip(images, poses, strict=True))
@@ -104,7 +105,9 @@ def main() -> None:
         folder = write_synthetic_hagrid(Path(tmp), ["call", "palm"], args.synthetic, 512, twostage=True)
         synthetic = synthetic_items(folder)
         t_syn_mask = best(args.repeats, lambda s: dilate(read_mask(s[1], 512, 512, s[1])), synthetic)
-        exact = [(image, dilate(read_mask(m, 512, 512, m)), kp) for image, m, kp in synthetic]
+        exact = [
+            (image, split_hand_mask(dilate(read_mask(m, 512, 512, m)), kp), kp) for image, m, kp in synthetic
+        ]
         t_syn_crop = best(args.repeats, lambda t: crop_hands(*t, args.crop_size), exact)
 
     bodies = sum(p.body for p in poses)

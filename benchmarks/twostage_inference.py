@@ -120,6 +120,7 @@ def build(sides: tuple[str, ...], args: argparse.Namespace, share_trunk: bool) -
 
     from handsynth.config import OutpaintSection
     from handsynth.tiny.tokenizer import write_clip_tokenizer
+    from handsynth.twostage.data.crops import CROP_MARGIN
     from handsynth.twostage.handgen.model import HandGenerator, build_mask_head
     from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
     from handsynth.twostage.outpaint.models import OutpaintModels
@@ -171,7 +172,12 @@ def build(sides: tuple[str, ...], args: argparse.Namespace, share_trunk: bool) -
             tokenizer=tokenizer,
             model=HandGenerator(hand_unet.to(device), head.to(device)),
             scheduler=parts["scheduler"],
-            settings={"resolution": args.crop_size, "steps": args.steps, "guidance": GUIDANCE},
+            settings={
+                "resolution": args.crop_size,
+                "steps": args.steps,
+                "guidance": GUIDANCE,
+                "crop_margin": CROP_MARGIN,
+            },
         )
         built["twostage"] = TwoStagePipeline(hands, built["outpainter"])
         if args.offload:

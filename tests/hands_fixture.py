@@ -13,7 +13,10 @@ from PIL import Image
 
 from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_sample
 from handsynth.perception.wholebody import HAND_EDGES
+from handsynth.twostage.data.dataset import SETTINGS_FILE
 from handsynth.twostage.data.heatmaps import finger_heatmaps, quantize
+
+CROP_MARGIN = 0.15  # each crop's side is 1.3 times the hand's: 0.15 of it added on either side
 
 RENDER = 256
 PALM = [0, 1, 5, 9, 13, 17]
@@ -39,7 +42,7 @@ def write_hands_manifest(
         gesture = SYNTHETIC_GESTURES[i % len(SYNTHETIC_GESTURES)]
         image, annotation = render_sample(seed, gesture, i, RENDER)
         xy = np.asarray(annotation["hand_landmarks"][0], np.float32) * RENDER
-        centre, side = (xy.min(0) + xy.max(0)) / 2, (xy.max(0) - xy.min(0)).max() * 1.3
+        centre, side = (xy.min(0) + xy.max(0)) / 2, (xy.max(0) - xy.min(0)).max() * (1 + 2 * CROP_MARGIN)
         x0, y0 = np.round(centre - side / 2).astype(int)
         box = [int(x0), int(y0), int(x0 + round(side)), int(y0 + round(side))]
         scale = crop / (box[2] - box[0])
@@ -68,4 +71,5 @@ def write_hands_manifest(
         )
     manifest = folder / "hands.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / SETTINGS_FILE).write_text(json.dumps({"crop_margin": CROP_MARGIN}))  # as `pose build` does
     return manifest

@@ -114,6 +114,34 @@ def test_a_shift_by_whole_pixels_copies_the_crop_pixels_exactly(real_crop):
     assert canvas.mask[17 : 17 + 256, 40 : 40 + 256].sum() == real_crop.mask.sum() == canvas.mask.sum()
 
 
+@pytest.mark.parametrize(
+    ("truth", "rows", "cols"),
+    [
+        ([[2, 0, 4], [0, 2, 3]], [13, 14], [18, 19]),  # x in [7, 8] -> [18, 20], y in [5, 6] -> [13, 15]
+        ([[-1, 0, 30], [0, -1, 30]], [24], [22]),  # turned half round: x [7, 8] -> [22, 23]
+        ([[0, -2, 30], [2, 0, 0]], [14, 15], [18, 19]),  # a quarter turn at 2x: x' = 30 - 2y, y' = 2x
+    ],
+)
+def test_a_one_pixel_mask_lands_on_the_pixels_its_square_maps_to(truth, rows, cols):
+    """Keypoints are continuous (pixel i spans [i, i + 1]), warpAffine works on pixel indices. The mask
+    pixel at row 5, column 7 covers [7, 8] x [5, 6]; each similarity maps that square onto whole
+    pixels, and exactly those must be the hand. Placed on indices, it lands half a pixel to a pixel off."""
+    truth = np.array(truth, dtype=np.float64)
+    mask = np.zeros((16, 16), bool)
+    mask[5, 7] = True
+    image = np.full((16, 16, 3), 200, np.uint8)
+    grid = np.stack(np.meshgrid(np.arange(0, 16, 3.0), np.arange(0, 16, 5.0)), -1).reshape(-1, 2)[:21]
+    keypoints = np.zeros((42, 3))
+    keypoints[21:] = np.c_[grid, np.full(21, 2.0)]
+    target = keypoints.copy()
+    target[21:, :2] = apply(truth, grid)
+    canvas = place_hands([DrawnHand(image, mask, keypoints)], pose_with_hands(target), 64, 64)
+    np.testing.assert_allclose(canvas.transforms[0], truth, atol=1e-5)
+    expected = np.zeros((64, 64), bool)
+    expected[np.ix_(rows, cols)] = True
+    np.testing.assert_array_equal(canvas.mask, expected)
+
+
 def test_two_hands_in_one_crop_move_together_and_separate_crops_move_apart():
     rng = np.random.default_rng(2)
     both = np.c_[rng.uniform(20, 100, (42, 2)), np.full(42, 2.0)]

@@ -8,10 +8,12 @@ from PIL import Image
 
 from handsynth.twostage.data.crops import (
     crop_hands,
+    cut_mask,
     cut_square,
     from_box,
     image_box,
     plan_crops,
+    split_hand_mask,
     square_box,
     to_box,
 )
@@ -92,7 +94,7 @@ def test_a_crop_placed_back_puts_its_keypoints_within_1px(size):
     pose = _pose_with_hands((130.3, 90.7, 205.1, 170.2), (300.6, 200.2, 360.9, 280.4), seed=3)
     chosen = [91, 95, 103, 112, 120, 132]
     image, colours = _dots(pose[chosen, :2], 420, 330)
-    crops = crop_hands(Image.fromarray(image), np.zeros((330, 420), bool), pose, size)
+    crops = crop_hands(Image.fromarray(image), {}, pose, size)
     assert len(crops) == 2
     found = 0
     for crop in crops:
@@ -116,7 +118,7 @@ def test_crop_carries_mask_and_heatmaps_at_crop_resolution():
     pose = _pose_with_hands((40, 40, 100, 110))
     mask = np.zeros((200, 200), bool)
     mask[40:110, 40:100] = True
-    (crop,) = crop_hands(Image.new("RGB", (200, 200)), mask, pose, 32)
+    (crop,) = crop_hands(Image.new("RGB", (200, 200)), {"left": mask}, pose, 32)
     assert crop.image.size == (32, 32) and crop.mask.shape == (32, 32) and crop.heatmaps.shape == (10, 32, 32)
     assert crop.heatmaps.dtype == np.uint8 and crop.heatmaps[5:].max() == 0  # no right hand
     # the mask's box, carried into the crop
@@ -127,3 +129,40 @@ def test_crop_carries_mask_and_heatmaps_at_crop_resolution():
     tip = crop.hands[8, :2]  # index fingertip
     channel = dequantize(crop.heatmaps[1])
     assert channel[int(tip[1]), int(tip[0])] > 0.9
+
+
+def test_a_one_hand_crop_masks_its_own_hand_only():
+    """The hands' boxes are apart, so each has its own crop, yet the left crop (its 60 px hand widened
+    by 25% per side) also shows part of the right hand: its mask target must not take those pixels,
+    as its heatmaps hold the left hand only. A crop of both hands keeps both."""
+    pose = _pose_with_hands((40, 40, 100, 110), (105, 40, 165, 110))
+    left, right = np.zeros((200, 200), bool), np.zeros((200, 200), bool)
+    left[40:110, 40:100], right[40:110, 105:165] = True, True
+    crops = crop_hands(Image.new("RGB", (200, 200)), {"left": left, "right": right}, pose, 64)
+    assert [c.plan.sides for c in crops] == [("left",), ("right",)]
+    first = crops[0]
+    assert first.plan.box[2] > 105, "the left crop must show some of the right hand for this test"
+    shown = cut_mask(right, first.plan.box, 64)  # the right hand's pixels in the left crop
+    assert shown.sum() > 100 and not (first.mask & shown).any()
+    np.testing.assert_array_equal(first.mask, cut_mask(left, first.plan.box, 64))
+    np.testing.assert_array_equal(crops[1].mask, cut_mask(right, crops[1].plan.box, 64))
+    overlapping = _pose_with_hands((40, 40, 100, 110), (90, 40, 150, 110))
+    (shared,) = crop_hands(Image.new("RGB", (200, 200)), {"left": left, "right": right}, overlapping, 64)
+    assert shared.plan.sides == ("left", "right")
+    np.testing.assert_array_equal(shared.mask, cut_mask(left | right, shared.plan.box, 64))
+
+
+def test_a_mask_of_both_hands_is_split_by_the_nearer_hand():
+    pose = np.zeros((133, 3), np.float32)
+    grid = np.stack(np.meshgrid(np.linspace(0, 60, 7), np.linspace(0, 70, 3)), -1).reshape(-1, 2)
+    pose[91:112] = np.c_[grid + [40, 40], np.full(21, 2.0)]  # a 7 x 3 grid over each hand's box
+    pose[112:133] = np.c_[grid + [105, 40], np.full(21, 2.0)]
+    both = np.zeros((200, 200), bool)
+    both[40:110, 40:165] = True  # one region across both hands and the gap between them
+    split = split_hand_mask(both, pose)
+    assert set(split) == {"left", "right"}
+    assert not (split["left"] & split["right"]).any() and np.array_equal(split["left"] | split["right"], both)
+    assert split["left"][40:110, 40:100].all() and split["right"][40:110, 106:165].all()
+    one = pose.copy()
+    one[112:, 2] = 0
+    assert set(split_hand_mask(both, one)) == {"left"} and split_hand_mask(both, one)["left"] is both

@@ -242,6 +242,17 @@ def test_every_metric_equals_its_independent_computation(setup, monkeypatch):
     assert again["metrics"]["fid"]["real"] == 6
 
 
+def test_skipped_poses_are_counted_in_the_report(setup, tmp_path):
+    records, manifest = setup["records"], setup["root"] / "data" / "images.jsonl"
+    report = ets.evaluate_twostage(
+        _config(setup), records, manifest, tmp_path, _detections(setup), wanted=["mpjpe"], skipped_poses=2
+    )
+    assert report["generated"]["images"] == 5 and report["generated"]["skipped_poses"] == 2
+    assert (
+        "Generated: 5 images; 2 poses skipped, records.jsonl says why" in (tmp_path / "report.md").read_text()
+    )
+
+
 def test_remove_background_reads_every_mask_kind(tmp_path):
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) + 1
     keep = np.array([[True, False, True], [False, False, True]])

@@ -86,7 +86,7 @@ def test_dap_equals_pycocotools_called_directly(part, sigmas, indices):
     truths, predictions, scores = random_poses(30, seed=1)
     truths[3][indices, 2] = 0  # a ground truth with nothing to compare in this part: skipped by both
     stats = pycocotools_directly(truths, predictions, scores, sigmas, indices)
-    ours = pose_metrics.dap(truths, predictions, part, scores)
+    ours = pose_metrics.dap(truths, predictions, part, scores, area="part")
     assert ours["value"] == pytest.approx(stats[0], abs=1e-12)
     others = (ours["ap50"], ours["ap75"], ours["ar"])
     assert others == pytest.approx((stats[1], stats[2], stats[5]), abs=1e-12)
@@ -94,7 +94,9 @@ def test_dap_equals_pycocotools_called_directly(part, sigmas, indices):
     assert 0.05 < ours["value"] < 0.95  # the noise spans the thresholds, so the comparison means something
     # without scores every prediction ties at 1.0 and keeps the images' order, as in pycocotools
     stats = pycocotools_directly(truths, predictions, None, sigmas, indices)
-    assert pose_metrics.dap(truths, predictions, part)["value"] == pytest.approx(stats[0], abs=1e-12)
+    assert pose_metrics.dap(truths, predictions, part, area="part")["value"] == pytest.approx(
+        stats[0], abs=1e-12
+    )
 
 
 def numpy_oks(gt: np.ndarray, pred: np.ndarray, sigmas: np.ndarray, area: float) -> float:
@@ -142,13 +144,17 @@ def test_perfect_prediction_gives_one_and_a_known_shift_gives_the_hand_computed_
     assert oks == pytest.approx(numpy_oks(gt[HAND_INDICES], shifted[HAND_INDICES], HAND_SIGMAS, 8000))
     assert oks == pytest.approx(0.787432, abs=1e-6)
     # a lone image matches at every threshold <= OKS: AP = that share of the 10 thresholds
-    assert pose_metrics.dap([gt], [shifted], "hands")["value"] == pytest.approx((THRESHOLDS <= oks).mean())
-    assert pose_metrics.dap([gt], [shifted], "hands")["value"] == pytest.approx(0.6)  # .50 to .75
+    part_dap = pose_metrics.dap([gt], [shifted], "hands", area="part")["value"]
+    assert part_dap == pytest.approx((THRESHOLDS <= oks).mean())
+    assert part_dap == pytest.approx(0.6)  # .50 to .75
     # area 'pose': the same keypoints scored against the whole pose's box, 200 x 130
     loose = numpy_oks(gt[HAND_INDICES], shifted[HAND_INDICES], HAND_SIGMAS, 200 * 130)
     assert loose == pytest.approx(0.927899, abs=1e-6)
     loose_dap = pose_metrics.dap([gt], [shifted], "hands", area="pose")["value"]
     assert loose_dap == pytest.approx(0.9)  # .50 to .90
+    # the default is the evaluation's (evaluate.dap_area), so a direct caller gets what it reports
+    assert pose_metrics.dap([gt], [shifted], "hands")["value"] == loose_dap
+    assert pose_metrics.pose_metrics([gt], [shifted], [(512, 512)])["dap_hands"]["value"] == loose_dap
     # whole body: the shoulder adds its own term, all against the 200 x 130 box
     body = numpy_oks(gt, shifted, SIGMAS, 200 * 130)
     assert pose_metrics.dap([gt], [shifted])["value"] == pytest.approx((THRESHOLDS <= body).mean())
@@ -166,7 +172,7 @@ def test_dap_agrees_with_numpy_oks_ap_over_several_images():
             present = None if pred is None else pred[indices, 2] > 0
             ranks.append(0.0 if pred is None else float(score[indices][present].mean()))
         expected = numpy_ap(oks, ranks)
-        ours = pose_metrics.dap(truths, predictions, part, scores)["value"]
+        ours = pose_metrics.dap(truths, predictions, part, scores, area="part")["value"]
         assert ours == pytest.approx(expected, abs=1e-9)
 
 

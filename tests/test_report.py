@@ -33,3 +33,13 @@ def test_the_two_stage_metrics_count_the_images_left_out_of_the_fg_sets(tmp_path
     files.write_json(run / "twostage" / "eval" / "report.json", report)
     text = write_run_report(run, []).read_text()
     assert "15 real, 3 generated image(s) without one left out" in text
+
+
+def test_the_two_stage_section_counts_the_skipped_poses(tmp_path):
+    run = tmp_path / "run"
+    files.write_text(run / "config.toml", '[run]\nmethods = ["twostage"]\n')
+    reason = "the pose lies entirely off the 64x64 image"
+    rows = [{"key": "far", "skipped": reason}, {"key": "handless", "skipped": "no hand to draw"}]
+    files.write_jsonl(run / "twostage" / "samples" / "records.jsonl", rows)
+    text = write_run_report(run, []).read_text()
+    assert f"2 of 2 poses skipped: they cannot be drawn (first: far, {reason})" in text

@@ -17,11 +17,12 @@ from handsynth.cli import main
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.perception.wholebody import HANDS, empty_pose
-from handsynth.twostage.data.crops import hand_keypoints
-from handsynth.twostage.generate import fit_pose, generate_twostage, read_pose_jobs
+from handsynth.twostage.data.crops import hand_keypoints, plan_crops
+from handsynth.twostage.evaluate import read_samples
+from handsynth.twostage.generate import PoseJob, fit_pose, generate_twostage, load_pipeline, read_pose_jobs
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import place_hands
-from handsynth.twostage.pipeline import TwoStagePipeline
+from handsynth.twostage.pipeline import TwoStagePipeline, UndrawablePose, check_drawable
 
 PROMPT = "a woman in a green coat raising both hands"
 SIZE = 64
@@ -39,7 +40,7 @@ def handgen_path(tiny_sd_path, tmp_path_factory):
     torch.manual_seed(0)
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet"))
     folder = tmp_path_factory.mktemp("models") / "handgen"
-    settings = {"resolution": 32, "steps": 3, "guidance": 2.0}
+    settings = {"resolution": 32, "steps": 3, "guidance": 2.0, "crop_margin": 0.25}
     return save_hand_generator(folder, str(tiny_sd_path), unet, build_mask_head(unet, 2), settings)
 
 
@@ -165,6 +166,29 @@ def test_blending_modes_give_different_images_and_a_pose_without_hands_is_refuse
         run(pipe, body_only)
 
 
+def test_the_crop_margin_is_the_hand_generators(
+    pipe, handgen_path, tiny_inpaint_path, tiny_controlnet_path, tmp_path
+):
+    pose = toy_pose(SIZE)
+    assert pipe.crop_margin == 0.25  # handgen.json's
+    hands = HandGeneratorPipeline.from_pretrained(handgen_path, device="cpu")
+    hands.settings = {**hands.settings, "crop_margin": 0.5}
+    wider = TwoStagePipeline(hands, pipe.outpainter)
+    assert wider.crop_margin == 0.5
+    boxes = [plan.box for plan in run(wider, pose).crops]
+    assert boxes == [plan.box for plan in plan_crops(pose, SIZE, SIZE, 0.5)]
+    assert boxes != [plan.box for plan in plan_crops(pose, SIZE, SIZE, 0.25)]
+    del hands.settings["crop_margin"]
+    with pytest.raises(HandsynthError, match="records no crop_margin"):
+        TwoStagePipeline(hands, pipe.outpainter)
+    # `twostage generate` loads it from the folder, whatever pose.crop_margin says
+    config = Config()
+    config.run.device, config.run.output_dir, config.pose.crop_margin = "cpu", str(tmp_path), 0.1
+    config.handgen.model_dir = str(handgen_path)
+    config.outpaint.base, config.outpaint.controlnet = str(tiny_inpaint_path), str(tiny_controlnet_path)
+    assert load_pipeline(config).crop_margin == 0.25
+
+
 def test_a_per_call_background_fills_the_canvas(pipe):
     for level in (0, 200):
         canvas = run(pipe, toy_pose(SIZE), background=level).canvas
@@ -261,6 +285,75 @@ def test_generate_writes_every_intermediate_and_resumes(pipe, tmp_path, monkeypa
     assert kept == ["p1", "p0"]
 
 
+def test_poses_that_cannot_be_drawn_are_named():
+    pose = toy_pose(SIZE)
+    assert check_drawable(pose, SIZE, SIZE) == {}
+    off = pose.copy()
+    off[:, 0] += 3 * SIZE  # the whole pose beside the image
+    with pytest.raises(UndrawablePose, match=r"entirely off the 64x64 image: none of its \d+ present"):
+        check_drawable(off, SIZE, SIZE)
+    sparse = pose.copy()
+    sparse[92:112, 2] = 0  # the left wrist alone
+    sparse[HANDS["right"], :2] = sparse[112, :2]  # every right-hand point at its wrist
+    with pytest.raises(UndrawablePose, match="no hand to draw") as caught:
+        check_drawable(sparse, SIZE, SIZE)
+    assert "left hand: 1 of its 21 keypoints present, 2 needed" in str(caught.value)
+    assert "right hand: its 21 present keypoints all lie at one point" in str(caught.value)
+    one_off = pose.copy()
+    one_off[HANDS["left"], 1] -= 2 * SIZE  # that hand above the image, the other on it
+    assert check_drawable(one_off, SIZE, SIZE) == {"left": "every keypoint lies off the image"}
+
+
+def test_a_hand_off_the_image_is_left_out_and_named_and_an_absent_one_is_not(pipe, caplog):
+    pose = toy_pose(SIZE)
+    pose[HANDS["left"], 1] -= 2 * SIZE
+    pose[HANDS["right"], 2] = 0
+    with pytest.raises(UndrawablePose):
+        run(pipe, pose)
+    pose = toy_pose(SIZE)
+    pose[HANDS["left"], 1] -= 2 * SIZE
+    with caplog.at_level("WARNING"):
+        result = run(pipe, pose)
+    assert [plan.sides for plan in result.crops] == [("right",)]
+    assert "the left hand is not drawn: every keypoint lies off the image" in caplog.text
+    assert "right hand is not drawn" not in caplog.text
+    caplog.clear()
+    pose[HANDS["left"], 2] = 0  # absent, not off the image
+    with caplog.at_level("WARNING"):
+        run(pipe, pose)
+    assert "not drawn" not in caplog.text
+
+
+def test_a_pose_that_cannot_be_drawn_is_skipped_and_recorded(pipe, tmp_path, caplog):
+    config = Config()
+    config.twostage.size, config.outpaint.steps, config.outpaint.previews = SIZE, 2, 0
+    config.handgen.steps, config.run.device = 2, "cpu"
+    good, off, handless = toy_pose(SIZE), toy_pose(SIZE), toy_pose(SIZE)
+    off[:, 1] += 2 * SIZE
+    for part in HANDS.values():
+        handless[part, 2] = 0
+    jobs = [
+        PoseJob(key, PROMPT, pose, "test")
+        for key, pose in (("off", off), ("good", good), ("nohands", handless))
+    ]
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        records = generate_twostage(config, jobs, out, pipe=pipe, progress=False)
+    assert [r["key"] for r in records] == ["good"] and (out / "images" / "good.png").is_file()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["good.png"]
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in lines] == ["off", "good", "nohands"]
+    assert "entirely off the 64x64 image" in lines[0]["skipped"] and "image" not in lines[0]
+    assert "no hand to draw" in lines[2]["skipped"] and "skipped" not in lines[1]
+    assert "2 of 3 poses skipped" in caplog.text
+    # the evaluation reads the made images and counts the skipped poses
+    samples = read_samples(out)
+    assert [r["key"] for r in samples if "skipped" not in r] == ["good"]
+    # a run in which every pose is skipped is an error that says why
+    with pytest.raises(HandsynthError, match=r"every one of the 2 poses was skipped.*off: the pose lies"):
+        generate_twostage(config, [jobs[0], jobs[2]], tmp_path / "none", pipe=pipe, progress=False)
+
+
 def test_a_photo_without_a_person_is_named(tmp_path):
     from handsynth.twostage.generate import pose_from_photo
 
@@ -301,7 +394,9 @@ def test_the_ablation_loads_the_pipeline_once_only_for_work_and_scores_only_its_
             files.write_jsonl(out_dir / "records.jsonl", [record("p0")])
         return [record("p0")]
 
-    def fake_evaluate(config, records, real, out, detections, fg_masks=None, wanted=(), split="test"):
+    def fake_evaluate(
+        config, records, real, out, detections, fg_masks=None, wanted=(), split="test", **counts
+    ):
         scored[os.path.basename(os.path.dirname(out))] = [r["key"] for r in records]
         result = {"value": 1.0, "feature_dim": 192, "detection_rate": 1.0}
         return {"metrics": {"fid": result, "dap": result, "mpjpe": result}}

@@ -134,6 +134,7 @@ class HandgenSection:
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     mask_loss_weight: float = 0.05  # λ; 0 trains the single-task model of the ablation
     mask_dropout: float = 0.5  # probability that the mask input channel is zeroed in training
+    caption_dropout: float = 0.1  # P(caption -> empty prompt) in training, for guidance's empty branch (ours)
     lr: float = 1e-5
     batch_size: int = 32
     epochs: int = 5
@@ -165,6 +166,7 @@ class OutpaintSection:
     lr: float = 1e-4
     batch_size: int = 16
     epochs: int = 1
+    caption_dropout: float = 0.1  # P(caption -> empty prompt) in training, for guidance's empty branch (ours)
     blending: str = "sequential"  # sequential | naive | bbox | none
     blend_noise: str = "noised"  # noised (as Blended Latent Diffusion) | clean (the literal Eq. 8)
     unmasked_steps: int = 2  # the last steps run on the whole latent

@@ -400,10 +400,11 @@ def finished_records(
     key: str = "index",
     what: str = "image",
 ) -> dict[Any, dict]:
-    """The records of `<out_dir>/records.jsonl` whose files (`file_fields`, relative to `out_dir`) all
-    exist, by `key`, for a run that resumes. A record the `plan` also has but with other settings is an
-    error rather than work redone: redoing it would overwrite an image made another way. Of two records
-    of one key, the later one made the file on disk."""
+    """The records of `<out_dir>/records.jsonl` that name all their files (`file_fields`, relative to
+    `out_dir`) and whose files all exist, by `key`, for a run that resumes. A record the `plan` also
+    has but with other settings is an error rather than work redone: redoing it would overwrite an
+    image made another way. Of two records of one key, the later one made the
+    file on disk."""
     out_dir = Path(out_dir)
     path = out_dir / "records.jsonl"
     if not path.is_file():
@@ -413,7 +414,7 @@ def finished_records(
     # cut a torn last line before this run appends; of two records for one image, the later
     for record in {r.get(key): r for r in read_jsonl_repairing(path)}.values():
         want = planned.get(record.get(key))
-        if want is None or not all((out_dir / record[f]).is_file() for f in file_fields):
+        if want is None or not all(f in record and (out_dir / record[f]).is_file() for f in file_fields):
             continue
         changed = [k for k in settings_keys if record.get(k) != want[k]]
         if changed:
@@ -426,10 +427,11 @@ def finished_records(
 
 
 def generated_records(folder: str | os.PathLike, command: str) -> list[dict]:
-    """The records of a generated folder's records.jsonl, or an error naming the `command` that makes
-    them."""
+    """The records of the images a generated folder's records.jsonl names (a pose generation skipped has
+    no image), or an error naming the `command` that makes them."""
     path = Path(folder) / "records.jsonl"
-    records = read_jsonl(path) if path.is_file() else []
+    records = read_jsonl(path, torn_end_ok=True) if path.is_file() else []
+    records = [record for record in records if "skipped" not in record]
     if not records:
         raise HandsynthError(f"no generated images in {path.parent}; run `{command}` first")
     return records

@@ -231,6 +231,14 @@ def _twostage_section(out: Path, data_dir: Path) -> str:
         if (root / "samples").is_dir()
         else []
     )
+    skipped = [r for r in records if "skipped" in r]
+    records = [r for r in records if "skipped" not in r]
+    if skipped:
+        parts.append(
+            f'<p class="note">{len(skipped)} of {len(records) + len(skipped)} poses skipped: they cannot '
+            f"be drawn (first: {html.escape(skipped[0]['key'])}, {html.escape(skipped[0]['skipped'])}); "
+            "<code>twostage/samples/records.jsonl</code> says why for each.</p>"
+        )
     if records:
         first = root / "samples" / records[0]["intermediates"]
         parts.append("<h3>From pose to image</h3>")

@@ -9,8 +9,9 @@ DAP is COCO keypoint AP@[.5:.95], computed by pycocotools' COCOeval (iouType "ke
 objects built in memory, one ground truth and at most one prediction per image:
 - sigmas: the 133 COCO-WholeBody sigmas, or the 42 hand sigmas on the 42 hand keypoints for DAP-hands;
 - ground-truth area: w * h of the box around its present keypoints (HumanSD's DAP; TWOSTAGE.md §10),
-  by default the evaluated keypoints' box ("part"), or the whole pose's box for every part ("pose",
-  COCO-WholeBody's convention of scoring each part against the person's area);
+  by default the whole pose's box for every part ("pose", COCO-WholeBody's convention of scoring each
+  part against the person's area, and `evaluate.dap_area`'s default), or the evaluated keypoints' box
+  ("part");
 - an image whose ground truth has no present keypoint in the part is skipped: it holds nothing to
   compare with (COCO ignores such a ground truth, num_keypoints == 0) and is counted in the result;
 - no prediction, or one without a present keypoint in the part, is a miss (recall, not a false positive);
@@ -95,7 +96,7 @@ def coco_keypoint_sets(
     predictions: Sequence[np.ndarray | None],
     part: str = "wholebody",
     scores: Sequence[np.ndarray | None] | None = None,
-    area: str = "part",
+    area: str = "pose",
 ) -> tuple[dict, list[dict], int]:
     """(ground-truth dataset, prediction annotations, images skipped) in COCO's keypoint format.
 
@@ -161,7 +162,7 @@ def dap(
     predictions: Sequence[np.ndarray | None],
     part: str = "wholebody",
     scores: Sequence[np.ndarray | None] | None = None,
-    area: str = "part",
+    area: str = "pose",
 ) -> dict:
     """COCO keypoint AP@[.5:.95] of `predictions` against `ground_truths` (see the module docstring).
 
@@ -261,7 +262,7 @@ def pose_metrics(
     predictions: Sequence[np.ndarray | None],
     sizes: Sequence[tuple[int, int]],
     scores: Sequence[np.ndarray | None] | None = None,
-    area: str = "part",
+    area: str = "pose",
 ) -> dict[str, dict]:
     """{'dap', 'dap_hands', 'mpjpe', 'mpjpe_hands'}: the four pose metrics of seed 004's Table I."""
     return {

@@ -88,6 +88,13 @@ class PromptEncoder:
 
 
 @torch.no_grad()
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by the empty prompt with probability `p`, one draw per caption: the
+    unconditional branch that classifier-free guidance samples with is then trained too."""
+    dropped = torch.rand(len(captions), generator=generator) < p
+    return ["" if drop else caption for caption, drop in zip(captions, dropped.tolist(), strict=True)]
+
+
 def encode_images(vae: Any, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """z0 = a sample of the VAE posterior times the scaling factor (0.18215 for SD v1), in fp32."""
     posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist

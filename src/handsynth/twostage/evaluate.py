@@ -305,10 +305,12 @@ def evaluate_twostage(
     fg_masks: FgMasks | None = None,
     wanted: Sequence[str] = TWOSTAGE_METRICS,
     split: str = "test",
+    skipped_poses: int = 0,
 ) -> dict:
     """Every metric in `wanted` for one set of generated images; writes the report files (module
-    docstring) and returns the report. Inception features of the real images, with and without their
-    background, are cached in `evaluate.cache_dir`."""
+    docstring) and returns the report. `skipped_poses`: the poses generation skipped (no image),
+    counted in the report. Inception features of the real images, with and without their background,
+    are cached in `evaluate.cache_dir`."""
     from handsynth.hub import resolve_device
 
     ev = config.evaluate
@@ -335,7 +337,7 @@ def evaluate_twostage(
             "source_format": real_source_format(real_manifest),
             "full_images_only": full_images,
         },
-        "generated": {"images": len(records)},
+        "generated": {"images": len(records), "skipped_poses": skipped_poses},
         "settings": {
             "feature_dims": dims,
             "preprocess": ev.preprocess,
@@ -502,6 +504,7 @@ def left_out_text(left_out: dict) -> str:
 
 def markdown(report: dict) -> str:
     m, real = report["metrics"], report["real"]
+    skipped = report["generated"].get("skipped_poses", 0)  # absent from reports written before
     rows = []
     for key, label in (("dap", "DAP"), ("dap_hands", "DAP hands")):
         if key in m:
@@ -540,7 +543,8 @@ def markdown(report: dict) -> str:
         "# Evaluation: two-stage method",
         "",
         f"Real: {real['images']} '{real['split']}' images from `{real['manifest']}`  ",
-        f"Generated: {report['generated']['images']} images",
+        f"Generated: {report['generated']['images']} images"
+        + (f"; {skipped} poses skipped, records.jsonl says why" if skipped else ""),
         "",
         "| metric | value | counts |",
         "|---|---|---|",
@@ -654,14 +658,16 @@ def _pose_cache(config: Config) -> Path:
 
 
 def read_samples(samples_dir: str | os.PathLike) -> list[dict]:
-    """The records of a `handsynth twostage generate` folder, image paths made whole."""
+    """The records of a `handsynth twostage generate` folder, image paths made whole; a skipped pose's
+    record has no image and says why under "skipped"."""
     samples_dir = Path(samples_dir)
     path = samples_dir / "records.jsonl"
     if not path.is_file():
         raise HandsynthError(
             f"no records.jsonl in {samples_dir}; make the images with `handsynth twostage generate`"
         )
-    return [{**r, "image": str(samples_dir / r["image"])} for r in files.read_jsonl(path, torn_end_ok=True)]
+    records = files.read_jsonl(path, torn_end_ok=True)
+    return [{**r, "image": str(samples_dir / r["image"])} if "image" in r else r for r in records]
 
 
 def evaluate_samples(
@@ -679,15 +685,16 @@ def evaluate_samples(
     masks, and both the sample grid. A full-image real set (YouTube-ASL) gets no fg metrics."""
     wanted = scored_metrics(wanted or config.evaluate.twostage_metrics, real_manifest)
     check_twostage_settings(config, wanted)
-    records = check_records(read_samples(samples_dir))
+    records = read_samples(samples_dir)
     if keys is not None:
         chosen = set(keys)
         records = [r for r in records if r["key"] in chosen]
+    made = check_records([r for r in records if "skipped" not in r])
     need_masks = bool({"fid_fg", "kid_fg"} & set(wanted))
     holistic = need_masks and config.evaluate.fg_masks == "holistic"
     detections = run = None
     if POSE_METRICS & set(wanted) or holistic:
-        paths = [Path(r["image"]) for r in records]
+        paths = [Path(r["image"]) for r in made]
         run = detect_poses(paths, _pose_cache(config), config.pose.workers, holistic, progress, "generated")
         unreadable = {str(p): e for p, e in run.unreadable.items()}
         unreadable.update({str(p): "missing" for p in run.missing})
@@ -698,5 +705,6 @@ def evaluate_samples(
 
         manifest, rows = read_image_rows(real_manifest, "test")
         real_paths = [manifest.parent / row["image"] for row in rows]
-        fg = person_masks(config, records, rows, real_paths, run, progress)
-    return evaluate_twostage(config, records, real_manifest, out, detections, fg, wanted)
+        fg = person_masks(config, made, rows, real_paths, run, progress)
+    skipped = len(records) - len(made)
+    return evaluate_twostage(config, made, real_manifest, out, detections, fg, wanted, skipped_poses=skipped)

@@ -10,7 +10,8 @@ to fit. Output, in `--out`:
   its mask, the OpenPose condition image, `blend-masks.npz` (one latent-size mask per step) and
   `strip.png` (canvas | m_c | condition | blend masks | x0 previews | decoded | result);
 - `records.jsonl`: per image its key, prompt, the pose in the image's pixels, size, seed and settings
-  (what `handsynth evaluate --method twostage` reads);
+  (what `handsynth evaluate --method twostage` reads); a pose that cannot be drawn (off the image, no
+  hand to crop) is skipped, and its line says why under "skipped";
 - `grid.png`: pose | hand | canvas | result for the first images.
 
 A restart skips every pose that already has a record and an image; one made with other settings is
@@ -38,6 +39,7 @@ from handsynth.twostage.data.skeleton import draw_openpose
 from handsynth.twostage.handgen.pipeline import default_handgen_dir
 from handsynth.twostage.outpaint.models import default_lora_dir, outpaint_sources
 from handsynth.twostage.outpaint.sampler import SAMPLING_KEYS
+from handsynth.twostage.pipeline import TwoStagePipeline, UndrawablePose, check_drawable
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +198,11 @@ def generate_twostage(
     load: Callable[[], Any] | None = None,
     **outpaint_settings: Any,
 ) -> list[dict]:
-    """Make one image per pose job into `out_dir`; return every record (in job order).
+    """Make one image per pose job into `out_dir`; return the records of the images (in job order).
+
+    A pose that cannot be drawn (`check_drawable`: off the image, no hand to crop) is skipped: its line
+    in records.jsonl has no image and says why under "skipped". A run whose every pose is skipped is an
+    error.
 
     `pipe`: a loaded TwoStagePipeline, else `load()` makes one when there is an image to make (by
     default `load_pipeline(config)`). Job n uses seed
@@ -233,9 +239,22 @@ def generate_twostage(
         }
         for n, job in enumerate(jobs)
     ]
-    share = SharedOutput(out_dir, plan, SETTINGS_KEYS, ("image",), "key", "the pose", config.run.device)
+    skipped: dict[str, dict] = {}  # one bad pose must not stop the run
+    for job, record in zip(jobs, plan, strict=True):
+        try:
+            check_drawable(job.keypoints, width, height)
+        except UndrawablePose as exc:
+            kept = {k: v for k, v in record.items() if k not in ("image", "intermediates")}
+            skipped[job.key] = {**kept, "skipped": str(exc)}
+    drawable = [(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in skipped]
+    share = SharedOutput(
+        out_dir, [r for _, r in drawable], SETTINGS_KEYS, ("image",), "key", "the pose", config.run.device
+    )
+    if share.is_main:
+        for key, record in skipped.items():
+            log.warning("pose %s (%s) skipped: %s", key, record["source"], record["skipped"])
     done = share.finished()
-    todo = share.mine([(job, record) for job, record in zip(jobs, plan, strict=True) if job.key not in done])
+    todo = share.mine([(job, record) for job, record in drawable if job.key not in done])
     bar = share.progress("two-stage", "img", progress)
     for job, record in todo:
         if pipe is None:
@@ -258,13 +277,23 @@ def generate_twostage(
         bar.update()
     bar.close()
     done = share.gather()
-    records = [done[job.key] for job in jobs]
+    records = [done[job.key] for job, _ in drawable]
+    records_file = out_dir / "records.jsonl"
+    if share.is_main:
+        kept = files.read_jsonl(records_file, torn_end_ok=True) if records_file.is_file() else []
+        others = [r for r in kept if r["key"] not in {job.key for job in jobs}]
+        ordered = [done.get(job.key) or skipped[job.key] for job in jobs]
+        files.write_jsonl(records_file, ordered + others)  # one line per key, this run's first
+    if not records:
+        reasons = "; ".join(f"{key}: {r['skipped']}" for key, r in list(skipped.items())[:3])
+        raise HandsynthError(
+            f"every one of the {len(jobs)} poses was skipped, so no image was made ({reasons}"
+            f"{' ...' if len(skipped) > 3 else ''}); the reasons are in {records_file}"
+        )
     if not share.is_main:
         return records
-    records_file = out_dir / "records.jsonl"
-    kept = files.read_jsonl(records_file, torn_end_ok=True) if records_file.is_file() else []
-    others = [r for r in kept if r["key"] not in done]
-    files.write_jsonl(out_dir / "records.jsonl", records + others)  # one line per key, this run's first
+    if skipped:
+        log.warning("%d of %d poses skipped; records.jsonl says why", len(skipped), len(jobs))
     write_grid(out_dir, records)
     save_config(config, out_dir / "config.toml")
     return records
@@ -290,8 +319,6 @@ def default_poses(config: Config) -> Path:
 
 def load_pipeline(config: Config, device: str | None = None) -> Any:
     """The two-stage pipeline of `config`, on `device` (default `run.device`)."""
-    from handsynth.twostage.pipeline import TwoStagePipeline
-
     handgen = default_handgen_dir(config)
     if not handgen.is_dir():
         raise HandsynthError(
@@ -305,5 +332,4 @@ def load_pipeline(config: Config, device: str | None = None) -> Any:
         lora_dir(config),
         device=device or config.run.device,
         settings=config.outpaint,
-        crop_margin=config.pose.crop_margin,
     )

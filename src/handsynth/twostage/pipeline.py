@@ -28,15 +28,57 @@ from PIL import Image
 
 from handsynth.config import OutpaintSection
 from handsynth.errors import HandsynthError
-from handsynth.perception.wholebody import check_pose
+from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.training.diffusion import PromptEncoder
-from handsynth.twostage.data.crops import CROP_MARGIN, MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
+from handsynth.twostage.data.crops import MIN_HAND_POINTS, CropPlan, hand_keypoints, plan_crops
 from handsynth.twostage.handgen.pipeline import HandGeneratorPipeline
 from handsynth.twostage.outpaint.canvas import Canvas, DrawnHand, place_hands
 from handsynth.twostage.outpaint.outpainter import Outpainter
 from handsynth.twostage.outpaint.sampler import OutpaintResult
 
 log = logging.getLogger(__name__)
+
+
+class UndrawablePose(HandsynthError):
+    """A pose the two-stage method cannot draw: it lies off the image, or no hand has the keypoints a
+    crop and its placement need. A generation run skips such a pose and records why."""
+
+
+def undrawn_hands(pose: np.ndarray, width: int, height: int) -> dict[str, str]:
+    """Why each hand of `pose` cannot be drawn on the width x height image, by side; a hand not named
+    can be. A hand is cropped around its present keypoints (v > 0) and placed by a similarity fit on
+    them: it needs at least MIN_HAND_POINTS of them, not all at one point, and one on the image."""
+    reasons = {}
+    for side, part in HANDS.items():
+        points = pose[part][pose[part, 2] > 0, :2]
+        on_image = (points >= 0).all(axis=1) & (points[:, 0] <= width) & (points[:, 1] <= height)
+        if len(points) < MIN_HAND_POINTS:
+            reasons[side] = f"{len(points)} of its 21 keypoints present, {MIN_HAND_POINTS} needed"
+        elif np.ptp(points, axis=0).max() == 0:
+            reasons[side] = f"its {len(points)} present keypoints all lie at one point (no fit)"
+        elif not on_image.any():
+            reasons[side] = "every keypoint lies off the image"
+    return reasons
+
+
+def check_drawable(pose: np.ndarray, width: int, height: int) -> dict[str, str]:
+    """`undrawn_hands`, or an UndrawablePose naming why when no hand can be drawn."""
+    present = pose[pose[:, 2] > 0, :2]
+    inside = (present >= 0).all(axis=1) & (present[:, 0] <= width) & (present[:, 1] <= height)
+    if not inside.any():
+        raise UndrawablePose(
+            f"the pose lies entirely off the {width}x{height} image: none of its {len(present)} present "
+            "keypoints (v > 0) is on it; give keypoints in the pixels of the image to make"
+        )
+    reasons = undrawn_hands(pose, width, height)
+    if len(reasons) == len(HANDS):
+        raise UndrawablePose(
+            "the pose has no hand to draw ("
+            + "; ".join(f"{side} hand: {why}" for side, why in reasons.items())
+            + f"): the two-stage method needs a hand with {MIN_HAND_POINTS} or more present keypoints "
+            "(v > 0), apart, and on the image"
+        )
+    return reasons
 
 
 @dataclass
@@ -75,10 +117,11 @@ class TwoStagePipeline:
     """Stage 1 (the hand generator) and stage 2 (the outpainter), and the canvas between them."""
 
     def __init__(
-        self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float = CROP_MARGIN
+        self, hand_generator: HandGeneratorPipeline, outpainter: Outpainter, crop_margin: float | None = None
     ) -> None:
         """The hand generator's VAE and text encoder are replaced by the outpainter's when they hold
-        the same weights, so one copy serves both stages."""
+        the same weights, so one copy serves both stages. `crop_margin` (None: the one the hand
+        generator was trained with, from its handgen.json) widens the pose's hand crops."""
         models = outpainter.models
         if same_weights(hand_generator.vae, models.vae):
             hand_generator.vae = models.vae
@@ -86,7 +129,7 @@ class TwoStagePipeline:
             hand_generator.text_encoder = models.text_encoder
         self.hand_generator = hand_generator
         self.outpainter = outpainter
-        self.crop_margin = crop_margin
+        self.crop_margin = hand_generator.crop_margin if crop_margin is None else crop_margin
         self.offload_hooks: dict[str, list[Any]] = {}  # stage -> accelerate's UserCpuOffloadHooks
 
     @classmethod
@@ -99,7 +142,7 @@ class TwoStagePipeline:
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
         settings: OutpaintSection | None = None,
-        crop_margin: float = CROP_MARGIN,
+        crop_margin: float | None = None,
     ) -> TwoStagePipeline:
         """The hand-generator folder of `handsynth handgen train`, the outpainter's base and ControlNet
         (hub ids or folders) and the LoRA folder of `handsynth outpaint train` (None: no LoRA). Without a
@@ -158,14 +201,15 @@ class TwoStagePipeline:
     ) -> TwoStageResult:
         """The image for `prompt` and the (133, 3) `pose`, given in the pixels of the width x height
         image to make. `hand_prompt` (default `prompt`) goes to the hand generator; `seed` fixes both
-        stages; `outpaint_settings` are `[outpaint]` keys for this call (blending, steps, ...)."""
+        stages; `outpaint_settings` are `[outpaint]` keys for this call (blending, steps, ...). A pose
+        with no hand to draw (`check_drawable`) raises UndrawablePose."""
         pose = check_pose(pose)
-        plans = plan_crops(pose, width, height, self.crop_margin)
-        if not plans:
-            raise HandsynthError(
-                f"the pose has no hand to draw: the two-stage method needs at least one hand with "
-                f"{MIN_HAND_POINTS} or more of its 21 keypoints present (v > 0)"
-            )
+        drawn_pose = pose.copy()
+        for side, why in check_drawable(pose, width, height).items():
+            if (pose[HANDS[side], 2] > 0).any():  # an absent hand needs no word
+                log.warning("the %s hand is not drawn: %s", side, why)
+            drawn_pose[HANDS[side], 2] = 0
+        plans = plan_crops(drawn_pose, width, height, self.crop_margin)
         size = self.hand_generator.resolution
         keypoints = [hand_keypoints(pose, plan, size) for plan in plans]
         models = self.outpainter.models

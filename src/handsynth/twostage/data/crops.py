@@ -144,13 +144,41 @@ def hand_keypoints(pose: np.ndarray, plan: CropPlan, size: int) -> np.ndarray:
     return hands
 
 
+def split_hand_mask(mask: np.ndarray, keypoints: np.ndarray) -> dict[str, np.ndarray]:
+    """A mask of both hands split into one mask per hand present in the pose (133, 3): each mask pixel
+    goes to the hand with the nearer present keypoint."""
+    sides = [side for side, part in HANDS.items() if (keypoints[part, 2] > 0).any()]
+    if len(sides) < 2:
+        return {side: mask for side in sides}
+    ys, xs = np.nonzero(mask)
+    centres = np.c_[xs, ys] + 0.5  # keypoints are continuous: pixel i spans [i, i + 1]
+    distances = []
+    for side in sides:
+        points = keypoints[HANDS[side]]
+        points = points[points[:, 2] > 0, :2]
+        distances.append(np.linalg.norm(centres[:, None] - points[None], axis=2).min(axis=1))
+    nearest = np.argmin(distances, axis=0)
+    split = {side: np.zeros(mask.shape, bool) for side in sides}
+    for n, side in enumerate(sides):
+        split[side][ys[nearest == n], xs[nearest == n]] = True
+    return split
+
+
 def crop_hands(
-    image: Image.Image, mask: np.ndarray, keypoints: np.ndarray, size: int, margin: float = CROP_MARGIN
+    image: Image.Image,
+    hand_masks: dict[str, np.ndarray],
+    keypoints: np.ndarray,
+    size: int,
+    margin: float = CROP_MARGIN,
 ) -> list[HandCrop]:
-    """The hand crops of one image, given its hand mask and its pose (133, 3) in its pixels."""
+    """The hand crops of one image, given its pose (133, 3) and one mask per hand ("left", "right"), in
+    its pixels. A crop's mask holds only its own hands, as its heatmaps do: a one-hand crop that also
+    shows the other hand does not take that hand's pixels."""
     crops = []
+    empty = np.zeros((image.height, image.width), bool)
     for plan in plan_crops(keypoints, image.width, image.height, margin):
         hands = hand_keypoints(keypoints, plan, size)
+        mask = np.logical_or.reduce([hand_masks.get(side, empty) for side in plan.sides])
         crops.append(
             HandCrop(
                 plan=plan,

@@ -46,7 +46,15 @@ from handsynth.perception.pose import SIDES
 from handsynth.perception.sam import dilate_mask
 from handsynth.perception.wholebody import HANDS, check_pose
 from handsynth.progress import progress_bar
-from handsynth.twostage.data.crops import box_in, crop_hands, cut_mask, cut_square, image_box, to_box
+from handsynth.twostage.data.crops import (
+    box_in,
+    crop_hands,
+    cut_mask,
+    cut_square,
+    image_box,
+    split_hand_mask,
+    to_box,
+)
 from handsynth.twostage.data.extract import PoseRun, detect_poses, summarize
 from handsynth.twostage.data.masks import make_masker, read_mask
 from handsynth.twostage.data.sources import CAPTIONED, SourceRecord, check_format, read_source
@@ -58,6 +66,7 @@ REFERENCE_SIZE = 512  # pose.min_mask_pixels is counted at this image size (the 
 _LIST_LIMIT = 1000  # skipped items named in the report (the counts are always complete)
 SKIP_REASONS = ("missing", "unreadable", "no_person", "no_hands")
 HANDS_PER_PERSON = 2
+SETTINGS_FILE = "settings.json"  # beside images.jsonl and hands.jsonl: what shaped the images and crops
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,7 @@ def _check_settings(out: Path, config: Config) -> None:
         "crop_margin": pose.crop_margin,
         "sam_model": pose.sam_model,
     }
-    path = out / "settings.json"
+    path = out / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != settings:
@@ -276,17 +285,20 @@ def process_item(item: Item, out: Path, config: Config, own: SourcePoses, poses:
     height, width = rgb.shape[:2]
 
     start = time.perf_counter()
-    if sources[present[0]] == "synthetic":
+    if sources[present[0]] == "synthetic":  # one exact mask of both hands
         mask, mask_source = dilate_mask(own.mask(record, width, height)), "synthetic"
+        hand_masks = split_hand_mask(mask, keypoints)
     else:
         masker = masker_for()
-        hand_masks = masker.hand_masks(rgb, [keypoints[HANDS[side]] for side in present])
-        mask, mask_source = np.logical_or.reduce(hand_masks), masker.source
+        hand_masks = dict(
+            zip(present, masker.hand_masks(rgb, [keypoints[HANDS[s]] for s in present]), strict=True)
+        )
+        mask, mask_source = np.logical_or.reduce(list(hand_masks.values())), masker.source
     seconds["mask"] = time.perf_counter() - start
 
     start = time.perf_counter()
     source = Image.fromarray(rgb)
-    crops = crop_hands(source, mask, keypoints, pose.crop_size, pose.crop_margin)
+    crops = crop_hands(source, hand_masks, keypoints, pose.crop_size, pose.crop_margin)
     seconds["crop"] = time.perf_counter() - start
 
     size = pose.image_size
@@ -614,7 +626,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
             "merge again"
         )
     folders = [shards[(k, n)] for k in range(1, n + 1)]
-    settings = [json.loads((f / "settings.json").read_text(encoding="utf-8")) for f in folders]
+    settings = [json.loads((f / SETTINGS_FILE).read_text(encoding="utf-8")) for f in folders]
     if any(s != settings[0] for s in settings):
         raise HandsynthError(f"the shards under {base} were built with different settings: {settings}")
     image_rows, hand_rows, reports, moves = [], [], [], []
@@ -632,7 +644,7 @@ def merge_shards(base: Path, progress: bool = True) -> dict:
     for rows in (image_rows, hand_rows):
         rows.sort(key=lambda r: (order[r["split"]], r["gesture"], r["key"]))
     report = _merge_reports(reports, [str(f) for f in folders])
-    files.write_json(base / "settings.json", settings[0])
+    files.write_json(base / SETTINGS_FILE, settings[0])
     files.write_jsonl(base / "images.jsonl", image_rows)
     files.write_jsonl(base / "hands.jsonl", hand_rows)
     files.write_json(base / "report.json", report)

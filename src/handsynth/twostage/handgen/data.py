@@ -7,6 +7,8 @@ draws the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,11 @@ from PIL import Image
 
 from handsynth import files
 from handsynth.errors import HandsynthError
+from handsynth.twostage.data.dataset import SETTINGS_FILE
 from handsynth.twostage.data.heatmaps import dequantize
 from handsynth.twostage.handgen.model import HEATMAP_CHANNELS, condition_tensor
+
+log = logging.getLogger(__name__)
 
 # Augmentation (seed 004 §IV-A: "RGB value shifting and random brightness and contrast changes"; the
 # paper gives no ranges): albumentations' defaults, RGBShift ±20/255 per channel and
@@ -88,6 +93,22 @@ def read_hand_items(manifest: str | Path, split: str = "train") -> list[HandItem
             "Rebuild the dataset with `handsynth pose build`, or remove those rows."
         )
     return items
+
+
+def built_crop_margin(manifest: str | Path, configured: float) -> float:
+    """The margin the crops of `manifest` were cut with: the `settings.json` that `pose build` writes
+    beside it, else `configured` (pose.crop_margin) for a hands.jsonl made another way."""
+    path = Path(manifest).parent / SETTINGS_FILE
+    if not path.is_file():
+        log.info("%s has no %s beside it: its crops are taken as cut with pose.crop_margin = %s",
+                 manifest, SETTINGS_FILE, configured)  # fmt: skip
+        return configured
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["crop_margin"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HandsynthError(
+            f"{path} holds no readable crop_margin ({exc}); rebuild the dataset with `handsynth pose build`"
+        ) from None
 
 
 def _gray(path: Path) -> np.ndarray:

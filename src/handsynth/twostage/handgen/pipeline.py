@@ -2,7 +2,8 @@
 
 The hand-generator folder (`handsynth handgen train`) is a Stable Diffusion folder whose `unet/` is a
 plain diffusers UNet with in_channels = 15, plus `mask_head/` (a `MaskHead`, save_pretrained) and
-`handgen.json` (the settings it was trained with, the training resolution among them).
+`handgen.json` (the settings it was trained with, the training resolution and the crops' margin among
+them).
 
 Sampling is DDIM (eta 0, clip_sample off) with classifier-free guidance. The unconditional branch is
 the empty prompt with the same heatmaps (and mask), so guidance pushes towards the text and never away
@@ -198,6 +199,18 @@ class HandGeneratorPipeline:
     @property
     def device(self) -> torch.device:
         return execution_device(self.model)
+
+    @property
+    def crop_margin(self) -> float:
+        """The margin of the hand crops it was trained on (handgen.json): a pose's hands are cut with
+        it, so that they fill a crop as the training hands did."""
+        if self.settings.get("crop_margin") is None:
+            raise HandsynthError(
+                f"the hand generator's {SETTINGS_FILE} records no crop_margin (it was saved before the "
+                "margin was recorded): train it again, or give the margin its hands.jsonl was cut with "
+                "(pose.crop_margin) as crop_margin"
+            )
+        return float(self.settings["crop_margin"])
 
     @property
     def dtype(self) -> torch.dtype:

@@ -4,6 +4,7 @@ Per step, on a shuffled mini-batch of `hands.jsonl` rows (loaded ahead in `train
 
     pixels = augment(crop)                     RGB shift, brightness and contrast
     c_p = heatmaps ⊕ mask, resized to the latent; the mask channel zeroed with p = handgen.mask_dropout
+    caption -> "" with p = handgen.caption_dropout (the empty prompt guidance samples with)
     z0 = VAE(pixels);  e = CLIP(caption);  t ~ U{0..T-1}, ε ~ N(0, I);  z_t = add_noise(z0, ε, t)
     ε̂, m = H_θ(z_t ⊕ c_p, t, e)
     L = mean((ε − ε̂)²) + λ · mean((M − m)²)    λ = handgen.mask_loss_weight; 0 is the single-task ablation
@@ -11,10 +12,10 @@ Per step, on a shuffled mini-batch of `hands.jsonl` rows (loaded ahead in `train
 with Adam at handgen.lr over the whole UNet and the mask head, for handgen.epochs passes.
 
 The shared machinery (`handsynth.training.trainer`) does the rest: every draw above (augmentation,
-mask dropout, the VAE sample, t and ε) takes its one CPU generator, so a run stopped and resumed with
-`--resume` ends bit-identical to an uninterrupted one; mixed precision, 8-bit Adam, the NaN stop,
-checkpoints, loss.jsonl (the loss with its `ldm` and `mask` terms), TensorBoard, validation grids
-(heatmap | generated hand | predicted mask) and DDP under `accelerate launch`.
+mask and caption dropout, the VAE sample, t and ε) takes its one CPU generator, so a run stopped and
+resumed with `--resume` ends bit-identical to an uninterrupted one; mixed precision, 8-bit Adam, the
+NaN stop, checkpoints, loss.jsonl (the loss with its `ldm` and `mask` terms), TensorBoard, validation
+grids (heatmap | generated hand | predicted mask) and DDP under `accelerate launch`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.training.diffusion import (
     BaseModels,
+    drop_captions,
     encode_images,
     encode_text,
     load_base_models,
@@ -53,6 +55,7 @@ from handsynth.twostage.handgen.data import (
     HandItem,
     augment,
     batch_loader,
+    built_crop_margin,
     drop_masks,
     read_hand_items,
 )
@@ -176,8 +179,9 @@ class HandgenTrainer(Trainer):
         """One optimiser step on `batch`; returns the loss averaged over processes."""
         pixels = augment(batch.pixels, self.generator).to(self.device)
         conditions, _ = drop_masks(batch.conditions, self.config.handgen.mask_dropout, self.generator)
+        captions = drop_captions(batch.captions, self.config.handgen.caption_dropout, self.generator)
         latents = encode_images(self.vae, pixels * 2 - 1, self.generator)
-        embeddings = encode_text(self.tokenizer, self.text_encoder, batch.captions)
+        embeddings = encode_text(self.tokenizer, self.text_encoder, captions)
         t, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
         losses, ldm, mask = self.losses(latents, embeddings, t, noise, conditions, batch.masks)
         terms = {"ldm": self._mean(ldm), "mask": self._mean(mask)}
@@ -222,8 +226,9 @@ def crop_keypoints_at(item: HandItem, resolution: int) -> np.ndarray:
 def check_handgen_settings(config: Config) -> None:
     check_settings(config)
     handgen = config.handgen
-    if not 0.0 <= handgen.mask_dropout <= 1.0:
-        raise HandsynthError(f"handgen.mask_dropout must be in [0, 1], got {handgen.mask_dropout}")
+    for key in ("mask_dropout", "caption_dropout"):
+        if not 0.0 <= getattr(handgen, key) <= 1.0:
+            raise HandsynthError(f"handgen.{key} must be in [0, 1], got {getattr(handgen, key)}")
     if handgen.mask_loss_weight < 0 or handgen.lr <= 0:
         raise HandsynthError("handgen.mask_loss_weight must be >= 0 and handgen.lr > 0")
     if config.train.num_workers < 0:
@@ -261,6 +266,7 @@ def train_handgen(
         "lr": handgen.lr,
         "mask_loss_weight": handgen.mask_loss_weight,
         "mask_dropout": handgen.mask_dropout,
+        "caption_dropout": handgen.caption_dropout,
     }
     set_seed(config.run.seed)
     trainer = HandgenTrainer(config, acc, load_base_models(handgen.base), items, work, plan, total)
@@ -278,7 +284,10 @@ def train_handgen(
         "base": handgen.base,
         "mask_loss_weight": handgen.mask_loss_weight,
         "mask_dropout": handgen.mask_dropout,
+        "caption_dropout": handgen.caption_dropout,
         "heatmap_sigma_fraction": SIGMA_FRACTION,
+        # the two-stage pipeline cuts a pose's hands with the margin the generator learned from
+        "crop_margin": built_crop_margin(hands_manifest, config.pose.crop_margin),
         "mask_feature": f"input of {trainer.mask_feature}",
         "handgen": dataclasses.asdict(handgen),
         "train": dataclasses.asdict(config.train),

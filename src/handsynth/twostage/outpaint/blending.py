@@ -4,11 +4,17 @@ After each DDIM step the sampler blends (Eq. 8): x ← m_i ⊙ x_c + (1 − m_i)
 latent, clean (`blend_noise = "clean"`, the literal Eq. 8) or noised to the step's time ("noised", as
 Blended Latent Diffusion and diffusers' inpainting do). The modes choose m_i:
 
-- `sequential` (the paper's): the hand mask dilated with a 3×3 kernel, one dilation less per step, so
-  the first step keeps the largest region and the last masked step the hand mask itself;
+- `sequential` (the paper's): the image-resolution hand mask m_c dilated with a 3×3 kernel, one
+  dilation less per step, so the first step keeps the largest region and the last masked step the hand
+  mask itself;
 - `naive`: the hand mask at every step;
 - `bbox`: each hand crop's square at every step;
 - `none`: no blend.
+
+Every m_i is made at image resolution and reduced to the latent by `canvas.latent_mask`, as the UNet's
+mask input is. The expansion grows the hand by one image pixel per step (47 px, about 6 latent pixels,
+at T = 50): it widens the hand's border and stays local. Dilating the latent mask instead would grow it
+8 times as fast and, for a small hand, blend the whole latent over the first steps.
 
 The last `unmasked_steps` steps (2 in the paper) blend nothing in every mode. The expansion is laid
 over the masked steps: with T steps and U unmasked, masked step i uses T − U − 1 − i dilations. (Counted
@@ -18,10 +24,12 @@ and never be used, against the paper's "arriving at the original".)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from handsynth.errors import HandsynthError
+from handsynth.perception.sam import dilate_mask
+from handsynth.twostage.outpaint.canvas import latent_mask
 
 BLENDINGS = ("sequential", "naive", "bbox", "none")
 BLEND_NOISE = ("noised", "clean")
@@ -38,38 +46,34 @@ def check_blend_settings(blending: str, blend_noise: str, unmasked_steps: int) -
         raise HandsynthError(f"outpaint.unmasked_steps must be >= 0, got {unmasked_steps}")
 
 
-def dilate(mask: torch.Tensor) -> torch.Tensor:
-    """One dilation of a 0/1 mask of shape (..., H, W) with a 3×3 square kernel."""
-    shape = mask.shape
-    flat = mask.reshape(-1, 1, *shape[-2:])
-    return F.max_pool2d(flat, kernel_size=3, stride=1, padding=1).reshape(shape)
-
-
 def blend_masks(
-    mask: torch.Tensor,
+    mask: np.ndarray,
     steps: int,
     blending: str = "sequential",
     unmasked_steps: int = 2,
-    box: torch.Tensor | None = None,
-) -> list[torch.Tensor]:
-    """m_i for each of `steps` steps: 0/1 tensors shaped like `mask` (the latent hand mask); all zeros
-    on a step that blends nothing. `box` (the crops' squares at latent size) is needed for `bbox`."""
+    box: np.ndarray | None = None,
+    factor: int = 8,
+) -> list[np.ndarray]:
+    """m_i for each of `steps` steps: (H/f, W/f) bool latent masks, from the (H, W) image-resolution
+    hand mask m_c; all False on a step that blends nothing. `box` (the crops' squares, (H, W)) is
+    needed for `bbox`; `factor` is the VAE's downsampling."""
     check_blend_settings(blending, "noised", unmasked_steps)
+    mask = np.asarray(mask, dtype=bool)
     masked = max(steps - unmasked_steps, 0)
-    empty = torch.zeros_like(mask)
+    empty = np.zeros((mask.shape[0] // factor, mask.shape[1] // factor), dtype=bool)
     if blending == "none" or masked == 0:
         return [empty] * steps
     if blending == "bbox":
         if box is None:
             raise HandsynthError("blending = 'bbox' needs the hand crops' squares (the canvas's box mask)")
-        kept = [box.to(mask)] * masked
+        kept = [latent_mask(box, factor)] * masked
     elif blending == "naive":
-        kept = [mask] * masked
+        kept = [latent_mask(mask, factor)] * masked
     else:
-        kept = [mask]
+        grown = [mask]
         for _ in range(masked - 1):
-            kept.append(dilate(kept[-1]))
-        kept.reverse()  # largest first
+            grown.append(dilate_mask(grown[-1], 3))
+        kept = [latent_mask(m, factor) for m in reversed(grown)]  # largest first
     return kept + [empty] * (steps - masked)
 
 

@@ -42,7 +42,8 @@ class Canvas:
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) bool: m_c, the hand pixels
     box: np.ndarray  # (H, W) bool: each crop's square on the canvas (the `bbox` blend's known region)
-    transforms: list[np.ndarray] = field(default_factory=list)  # per crop, (2, 3): crop px -> image px
+    # per crop, (2, 3): crop -> image, in continuous coordinates as the keypoints
+    transforms: list[np.ndarray] = field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -114,7 +115,9 @@ def place_hands(
             )
         matrix = fit_similarity(keypoints[common, :2], target[common, :2])
         transforms.append(matrix)
-        warped_image, warped_mask, footprint = _warp(crop_image, crop_mask, matrix, width, height)
+        warped_image, warped_mask, footprint = _warp(
+            crop_image, crop_mask, pixel_matrix(matrix), width, height
+        )
         image[warped_mask] = warped_image[warped_mask]
         mask |= warped_mask
         box |= footprint
@@ -138,10 +141,19 @@ def _checked_crop(crop: DrawnHand, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     return image.astype(np.uint8), mask, keypoints
 
 
+def pixel_matrix(matrix: np.ndarray) -> np.ndarray:
+    """A (2, 3) map between continuous coordinates (keypoints: pixel i spans [i, i + 1]) as warpAffine
+    applies it, between pixel indices (pixel i is the point i + 0.5): without this, a scaled or turned
+    crop lands up to half a pixel off."""
+    linear = matrix[:, :2]
+    return np.hstack([linear, (matrix[:, 2] + linear @ [0.5, 0.5] - 0.5)[:, None]])
+
+
 def _warp(
     image: np.ndarray, mask: np.ndarray, matrix: np.ndarray, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The crop's image, hand mask (> 0.5) and square footprint warped onto the canvas by `matrix`.
+    """The crop's image, hand mask (> 0.5) and square footprint warped onto the canvas by `matrix`
+    (on pixel indices, `pixel_matrix`).
 
     A crop that shrinks is first reduced with area averaging: warpAffine's bilinear sampling alone
     would alias a 512 px crop drawn at a tenth of its size.

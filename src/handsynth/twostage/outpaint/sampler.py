@@ -135,16 +135,14 @@ def outpaint(
     )
     canvas_pixels = pixels(canvas[None])
     hand_latent = latent_mask(canvas_mask, scale)[None]
-    hand = torch.from_numpy(hand_latent[None]).to(device, dtype)
     paint_mask = masked_latents = None
     if models.inpainting:
         paint_mask = mask_input(hand_latent).to(device, dtype).repeat(copies, 1, 1, 1)
         masked_latents = encode_mean(models.vae, masked_pixels(canvas_pixels, canvas_mask))
         masked_latents = masked_latents.repeat(copies, 1, 1, 1)
     control = condition_pixels(condition[None]).to(device, dtype).repeat(copies, 1, 1, 1)
-    squares = None if box is None else torch.from_numpy(latent_mask(box, scale)[None, None]).to(device, dtype)
-    masks = blend_masks(hand, steps, blending, unmasked_steps, squares)
-    blended = [bool(m.any()) for m in masks]  # once, not a device sync per step
+    masks = blend_masks(canvas_mask, steps, blending, unmasked_steps, box, scale)
+    blended = [bool(m.any()) for m in masks]
     known = encode_mean(models.vae, canvas_pixels) if any(blended) else None
 
     scheduler = models.scheduler
@@ -176,7 +174,7 @@ def outpaint(
                 target = scheduler.add_noise(known, noise, timesteps[i + 1 : i + 2])
             else:
                 target = known
-            latents = blend(latents, target, masks[i])
+            latents = blend(latents, target, torch.from_numpy(masks[i]).to(device, dtype))
         if i in shown:
             kept[i] = decode(models, step.pred_original_sample)
 
@@ -188,7 +186,7 @@ def outpaint(
         condition=condition,
         canvas=canvas,
         canvas_mask=canvas_mask,
-        blend_masks=[m[0, 0].bool().cpu().numpy() for m in masks],
+        blend_masks=masks,
         latents=latents.cpu(),
         previews=kept,
         settings=dict(

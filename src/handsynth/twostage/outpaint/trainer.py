@@ -5,6 +5,7 @@ will see it. Per step, on a batch of rows of the two-stage dataset's `images.jso
 
     canvas = image where the hand mask is set, the uniform background elsewhere;  m = latent hand mask
     z0 = VAE(image) (a posterior sample);  z_c = VAE(canvas · m_c) (its mean: the UNet's masked image)
+    caption -> "" with p = outpaint.caption_dropout (the empty prompt guidance samples with)
     t, ε drawn by the trainer;  z_t = add_noise(z0, ε, t)
     ε̂ = UNet([z_t, 1 − m, z_c], t, CLIP(caption), ControlNet_LoRA(z_t, t, CLIP(caption), OpenPose(pose)))
     loss = masked L2 of ε̂ over the region to generate, 1 − m
@@ -38,6 +39,7 @@ from handsynth.progress import progress_bar
 from handsynth.training.diffusion import (
     BaseModels,
     ddim_scheduler,
+    drop_captions,
     encode_images,
     encode_text,
     load_base_models,
@@ -287,7 +289,8 @@ class OutpaintTrainer(Trainer):
             # the canvas's hand pixels are the image's: the masked canvas is the masked image
             masked_latents = encode_mean(self.vae, masked_pixels(images, masks)).float()
         condition = condition_pixels(np.stack([e.condition for e in examples])).to(device, self.weight_dtype)
-        embeddings = encode_text(self.tokenizer, self.text_encoder, [item.caption for item in items])
+        captions = drop_captions([item.caption for item in items], settings.caption_dropout, self.generator)
+        embeddings = encode_text(self.tokenizer, self.text_encoder, captions)
         timesteps, noise = self.draw_noise(latents, self.noise_scheduler.config.num_train_timesteps)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self.acc.autocast():
@@ -325,6 +328,8 @@ def check_outpaint_settings(config: Config) -> None:
         raise HandsynthError(
             f"outpaint.skeleton must be one of {', '.join(VARIANTS)}, got '{settings.skeleton}'"
         )
+    if not 0.0 <= settings.caption_dropout <= 1.0:
+        raise HandsynthError(f"outpaint.caption_dropout must be in [0, 1], got {settings.caption_dropout}")
     if not 0 <= settings.background <= 255:
         raise HandsynthError(f"outpaint.background is a grey level in 0-255, got {settings.background}")
     check_blend_settings(settings.blending, settings.blend_noise, settings.unmasked_steps)
@@ -358,6 +363,7 @@ def build_outpaint_trainer(config: Config, data_dir: str | Path | None = None) -
         "lr": settings.lr,
         "batch_size": settings.batch_size,
         "epochs": settings.epochs,
+        "caption_dropout": settings.caption_dropout,
         "resolution": models.resolution,
         "skeleton": settings.skeleton,
         "background": settings.background,
