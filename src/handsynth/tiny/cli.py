@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from handsynth.cli_options import comma_list
+from handsynth.tiny.pretrained import STAGES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "pretrain",
         help="train the tiny VAE, UNet, inpainting UNet and OpenPose ControlNet on synthetic figures",
         description="Train the tiny family on synthetic figures of a data seed the demo and the tests never "
-        "draw, stage by stage (vae, unet, inpaint, controlnet). Run the same command again to resume. "
+        "draw, stage by stage (vae, decoder, unet, inpaint, controlnet). Run the same command again to "
+        "resume. "
         "When every stage is done, OUT gets the diffusers folders sd/, sd-inpainting/ and controlnet/, "
         "recipe.json and manifest.json.",
     )
@@ -27,13 +29,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--seed", type=int, help="model and shuffle seed (0)")
     pretrain.add_argument("--per-gesture", type=int, help="training figures per gesture (100)")
     pretrain.add_argument("--batch-size", type=int, help="figures per step (8)")
-    for stage in ("vae", "unet", "inpaint", "controlnet"):
+    for stage in STAGES:
         pretrain.add_argument(f"--{stage}-steps", type=int, help=f"optimiser steps of the {stage} stage")
     pretrain.set_defaults(func=run_pretrain)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from handsynth.tiny.pretrain import STAGES, Recipe, pretrain, read_recipe
+    from handsynth.tiny.pretrain import Recipe, pretrain, read_recipe
 
     recipe = read_recipe(args.recipe) if args.recipe else Recipe()
     changes = {

@@ -39,7 +39,7 @@ from handsynth import files
 from handsynth.config import Config
 from handsynth.errors import HandsynthError
 from handsynth.tiny.figures import HELD_OUT_DATA_SEED, TRAIN_DATA_SEED, Figures, cached_figures
-from handsynth.tiny.pretrained import write_manifest
+from handsynth.tiny.pretrained import STAGES, write_manifest
 from handsynth.training.diffusion import (
     BaseModels,
     diffusion_loss,
@@ -51,8 +51,15 @@ from handsynth.training.trainer import Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
 
-STAGES = ("vae", "unet", "inpaint", "controlnet")
+NEEDS = {
+    "vae": (),
+    "decoder": ("vae",),
+    "unet": ("vae",),
+    "inpaint": ("vae", "unet"),
+    "controlnet": ("vae", "unet"),
+}
 VAE_CROP = 32
+DECODER_CROP = 48
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 CHECKPOINT_EVERY = 50  # steps; a stopped stage loses at most this many
@@ -68,10 +75,16 @@ class Recipe:
     per_gesture: int = 100
     batch_size: int = 8
     steps: dict[str, int] = field(
-        default_factory=lambda: {"vae": 1200, "unet": 400, "inpaint": 200, "controlnet": 200}
+        default_factory=lambda: {"vae": 1200, "decoder": 800, "unet": 800, "inpaint": 100, "controlnet": 200}
     )
     lr: dict[str, float] = field(
-        default_factory=lambda: {"vae": 1e-3, "unet": 4e-4, "inpaint": 3e-4, "controlnet": 3e-4}
+        default_factory=lambda: {
+            "vae": 1e-3,
+            "decoder": 5e-4,
+            "unet": 4e-4,
+            "inpaint": 3e-4,
+            "controlnet": 3e-4,
+        }
     )
 
     def command(self) -> str:
@@ -124,7 +137,8 @@ class StageTrainer(Trainer):
         )
         self.recipe, self.figures, self.base = recipe, figures, base
         self.scheduler = base.noise_scheduler
-        self.model = ready_for_training(model, self.device, False) if self.stage != "vae" else model.train()
+        autoencoder = self.stage in ("vae", "decoder")
+        self.model = model.train() if autoencoder else ready_for_training(model, self.device, False)
         self.optimizer = self.make_optimizer(list(self.model.parameters()), recipe.lr[self.stage])
 
     def checkpoint_weights(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -155,6 +169,17 @@ class StageTrainer(Trainer):
         """(B, 3, 64, 64) in [-1, 1]."""
         return torch.from_numpy(self.figures.small[index]).permute(0, 3, 1, 2).float() / 127.5 - 1
 
+    def crops(self, index: list[int], size: int) -> torch.Tensor:
+        """(B, 3, size, size) in [-1, 1]: a random crop of each figure's 128 px render or, half the
+        time, of its 64 px version, so that the autoencoder learns both scales."""
+        crops = []
+        for i in index:
+            full = torch.rand(1, generator=self.generator) < 0.5
+            image = self.figures.full[i] if full else self.figures.small[i]
+            y, x = torch.randint(0, image.shape[0] - size + 1, (2,), generator=self.generator).tolist()
+            crops.append(image[y : y + size, x : x + size])
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
     def prompts(self, index: list[int]) -> torch.Tensor:
         """CLIP embeddings of the figures' prompts, each dropped to "" with p = CAPTION_DROPOUT."""
         keep = torch.rand(len(index), generator=self.generator) >= CAPTION_DROPOUT
@@ -170,21 +195,26 @@ class VaeTrainer(StageTrainer):
     stage = "vae"
 
     def losses(self, index: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        crops = []
-        for i in index:  # a 32 px crop of the 128 px render or of its 64 px version
-            image = (
-                self.figures.full[i]
-                if torch.rand(1, generator=self.generator) < 0.5
-                else self.figures.small[i]
-            )
-            y, x = torch.randint(0, image.shape[0] - VAE_CROP + 1, (2,), generator=self.generator).tolist()
-            crops.append(image[y : y + VAE_CROP, x : x + VAE_CROP])
-        pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = self.crops(index, VAE_CROP)
         posterior = self.model.encode(pixels).latent_dist
         reconstruction = self.model.decode(posterior.sample(generator=self.generator)).sample
         mse = F.mse_loss(reconstruction, pixels, reduction="none").mean(dim=(1, 2, 3))
         kl = posterior.kl()
         return mse + KL_WEIGHT * kl, {"mse": mse.mean().item(), "kl": kl.mean().item()}
+
+
+class DecoderTrainer(StageTrainer):
+    """The VAE's decoder fine-tuned on reconstruction from the frozen encoder's posterior mean, as
+    SD's ft-MSE decoder was: sharper images, and the latents the UNets learn do not move."""
+
+    stage = "decoder"
+
+    def losses(self, index: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        pixels = self.crops(index, DECODER_CROP)
+        with torch.no_grad():
+            latents = self.model.encode(pixels).latent_dist.mean
+        reconstruction = self.model.decode(latents).sample
+        return F.mse_loss(reconstruction, pixels, reduction="none").mean(dim=(1, 2, 3)), {}
 
 
 class UnetTrainer(StageTrainer):
@@ -251,7 +281,7 @@ class ControlnetTrainer(StageTrainer):
         return F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)), {}
 
 
-TRAINERS = {t.stage: t for t in (VaeTrainer, UnetTrainer, InpaintTrainer, ControlnetTrainer)}
+TRAINERS = {t.stage: t for t in (VaeTrainer, DecoderTrainer, UnetTrainer, InpaintTrainer, ControlnetTrainer)}
 
 
 def _trainer_config(recipe: Recipe, work: Path) -> Config:
@@ -300,6 +330,11 @@ def _stage_model(stage: str, work: Path, base: BaseModels, seed: int) -> torch.n
 
     if stage == "vae":
         return base.vae
+    if stage == "decoder":  # the encoder, and so the latents the UNets learn, stay as they are
+        vae = _load_trained("vae", work)
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+        return vae
     if stage == "unet":
         return base.unet
     unet = UNet2DConditionModel.from_pretrained(work / "unet" / "model")
@@ -312,7 +347,9 @@ def _stage_model(stage: str, work: Path, base: BaseModels, seed: int) -> torch.n
 def _load_trained(stage: str, work: Path) -> Any:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
-    kind = {"vae": AutoencoderKL, "controlnet": ControlNetModel}.get(stage, UNet2DConditionModel)
+    kind = {"vae": AutoencoderKL, "decoder": AutoencoderKL, "controlnet": ControlNetModel}.get(
+        stage, UNet2DConditionModel
+    )
     return kind.from_pretrained(work / stage / "model").requires_grad_(False).eval()
 
 
@@ -331,8 +368,8 @@ def _run_stage(stage: str, recipe: Recipe, figures: Figures, base: BaseModels, w
     if (folder / "model").is_dir():
         log.info("pretrain %s: done before, skipped", stage)
         return
-    for earlier in STAGES[: STAGES.index(stage)]:
-        if earlier in ("vae", "unet") and not (work / earlier / "model").is_dir():
+    for earlier in NEEDS[stage]:
+        if not (work / earlier / "model").is_dir():
             raise HandsynthError(f"pretrain {stage} needs the {earlier} stage's model; run that stage first")
     if stage != "vae":
         base.vae = _load_trained("vae", work)
@@ -387,7 +424,7 @@ def export(out: Path, recipe: Recipe, base: BaseModels, sampler: Any) -> None:
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     work = out / "work"
-    vae, unet = _load_trained("vae", work), _load_trained("unet", work)
+    vae, unet = _load_trained("decoder", work), _load_trained("unet", work)
     parts = {"text_encoder": base.text_encoder, "tokenizer": base.tokenizer, "scheduler": sampler}
     none = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     files.save_pretrained_atomically(out / "sd", StableDiffusionPipeline(vae=vae, unet=unet, **parts, **none))

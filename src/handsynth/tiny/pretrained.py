@@ -15,6 +15,7 @@ from handsynth.errors import HandsynthError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 MODEL_FOLDERS = ("sd", "sd-inpainting", "controlnet")
+STAGES = ("vae", "decoder", "unet", "inpaint", "controlnet")  # `handsynth tiny pretrain`, in order
 
 
 def shipped_files(folder: Path) -> list[Path]:
