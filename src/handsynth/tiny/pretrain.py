@@ -1,10 +1,12 @@
 """`handsynth tiny pretrain`: the tiny family trained on synthetic figures, so the demo shows effects.
 
-Four stages, each a `Trainer` that adds only its loss and its data (resume, logs, NaN stop and
+Five stages, each a `Trainer` that adds only its loss and its data (resume, logs, NaN stop and
 checkpoints are the shared machinery's), on figures of a data seed the demo and the tests never draw:
 
     vae         MSE + a light KL on 32 px crops of the 128 px and 64 px renders; then the latent
                 scaling factor is set to 1/std of the training latents, as SD's was
+    decoder     the decoder alone, on 48 px crops from the frozen encoder's posterior mean (SD's
+                ft-MSE way): sharper reconstructions, and the latents of the later stages stay
     unet        the text-to-image UNet, ε-prediction on 64 px figures, captions dropped 10% (guidance)
     inpaint     the 9-channel UNet, widened from the trained one as SD inpainting was from SD; masks
                 keep the hands and paint the rest (the outpainter's task) or paint a random box
@@ -15,7 +17,8 @@ The text encoder stays the tiny SD's seeded random CLIP text tower, frozen: a fi
 gives each prompt its own embedding, and no stage waits for a contrastive pretraining.
 
 A stage whose model is written is skipped, one with a checkpoint resumes, so the same command continues
-across sessions. When all four exist, `<out>/sd`, `<out>/sd-inpainting` and `<out>/controlnet` are
+across sessions; `--stages inpaint` and `--stages controlnet` may run as two processes once the UNet is
+trained. When all five exist, `<out>/sd`, `<out>/sd-inpainting` and `<out>/controlnet` are
 written as diffusers folders with `recipe.json` (command, seed, steps, data seeds, time taken) and
 `manifest.json` (sha256 of each file) beside them.
 """
@@ -392,7 +395,7 @@ def _run_stage(stage: str, recipe: Recipe, figures: Figures, base: BaseModels, w
 
 
 def pretrain(out: str | Path, recipe: Recipe, stages: tuple[str, ...] = STAGES) -> Path:
-    """Train `stages` under `<out>/work`; when all four are done, write the diffusers folders, the
+    """Train `stages` under `<out>/work`; when all five are done, write the diffusers folders, the
     recipe and the manifest into `out`. Returns `out`."""
     recipe.check()
     unknown = sorted(set(stages) - set(STAGES))
