@@ -169,3 +169,24 @@ def test_the_pretrained_sd_draws_smooth_figures_where_the_random_one_draws_noise
 
     assert roughness(WEIGHTS / "sd") == pytest.approx(0.0219, abs=0.002)
     assert roughness(tiny_sd_path) == pytest.approx(0.1273, abs=0.002)
+
+
+def test_the_shipped_recipe_is_the_default_one_and_reads_back():
+    from handsynth.tiny.pretrain import Recipe, read_recipe
+
+    shipped = json.loads((WEIGHTS / "recipe.json").read_text())
+    assert read_recipe(WEIGHTS / "recipe.json") == Recipe()  # `tiny pretrain --out DIR` trains it again
+    assert shipped["command"] == Recipe().command()
+    assert shipped["data"]["train_seed"] != shipped["data"]["held_out_seed"]
+    assert shipped["seconds"]["total"] == pytest.approx(
+        sum(v for k, v in shipped["seconds"].items() if k != "total")
+    )
+
+
+def test_a_bad_recipe_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "recipe.json").write_text('{"recipe": {"steps": {"vae": 1}}}')
+    assert (
+        main(["tiny", "pretrain", "--out", str(tmp_path / "out"), "--recipe", str(tmp_path / "recipe.json")])
+        == 2
+    )
+    assert "recipe steps must give every stage" in capsys.readouterr().err
