@@ -23,6 +23,7 @@ from handsynth.evaluation import inception, metrics
 from handsynth.hand1000 import cli as hand1000_cli
 from handsynth.hand1000.evaluate import ALL_METRICS
 from handsynth.run import check_config, run_pipeline
+from handsynth.tiny import cli as tiny_cli
 from handsynth.twostage import cli as twostage_cli
 from handsynth.twostage.evaluate import TWOSTAGE_METRICS
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(subparsers)
     add_compare_command(subparsers)
     twostage_cli.add_commands(subparsers)
+    tiny_cli.add_commands(subparsers)
     for each in _all_parsers(parser):
         each.formatter_class = _HelpFormatter
     return parser
@@ -91,11 +93,11 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run both methods offline on tiny models and a synthetic gesture dataset",
-        description="Write tiny random-weight models (SD, SD inpainting, OpenPose ControlNet, T2I-Adapter, "
-        "CLIP, LLM, LLaVA, Inception) and a synthetic HaGRID-layout gesture dataset with whole-body poses "
-        "and hand masks, then run the Hand1000 chain and the two-stage chain on them, and each method "
-        "against its baselines in the papers' tables, as `handsynth run` does with real models. Finished "
-        "steps are skipped on a re-run.",
+        description="Use the tiny SD, SD inpainting and OpenPose ControlNet pretrained on synthetic figures "
+        "(shipped with handsynth), write tiny random-weight CLIP, LLM, T2I-Adapter and Inception, render a "
+        "synthetic HaGRID-layout gesture dataset with whole-body poses, hand masks and captions, then run "
+        "the Hand1000 chain and the two-stage chain on them, and each method against its baselines in the "
+        "papers' tables, as `handsynth run` does with real models. Finished steps are skipped on a re-run.",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -121,7 +123,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     config = config_from_args(args, defaults=DEMO_DEFAULTS)
     check_config(config)
-    log.info("[0] tiny random-weight models -> %s", Path(config.run.output_dir) / "tiny-models")
+    log.info("[0] tiny models -> %s", Path(config.run.output_dir) / "tiny-models")
     run_pipeline(with_tiny_models(config))
     return 0
 

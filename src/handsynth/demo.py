@@ -1,10 +1,12 @@
 """`handsynth demo`: both methods' chains and their comparison with the baselines, offline, on tiny
 models and synthetic gesture data.
 
-It is `handsynth run` with a small config whose model ids point at tiny random-weight models that
-the demo writes first: the same code paths and config format as a real run, in minutes on a CPU.
-The synthetic renderer writes each figure's whole-body pose and exact hand masks, so the two-stage
-chain needs neither SAM nor a Holistic detection for its data.
+It is `handsynth run` with a small config whose model ids point at tiny models: the same code paths and
+config format as a real run, in minutes on a CPU. Stable Diffusion, SD inpainting and the OpenPose
+ControlNet are the shipped pretrained ones (`handsynth.tiny.pretrained`, checked against their
+manifest), so the images show figures; CLIP, the LLM and Inception are tiny random-weight models the
+demo writes first. The synthetic renderer writes each figure's whole-body pose, exact hand masks and a
+caption, so the two-stage chain needs neither SAM, nor a Holistic detection, nor LLaVA for its data.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ DEMO_DEFAULTS = {
     "pose.image_size": 128,
     "pose.crop_size": 64,
     "pose.sam_model": "",
+    "pose.captioner": "metadata",
     "pose.caption_batch_size": 8,
     "handgen.batch_size": 4,
     "handgen.epochs": 2,
@@ -60,29 +63,41 @@ DEMO_DEFAULTS = {
 }
 
 
-def with_tiny_models(config: Config) -> Config:
-    """Write the tiny models under the run folder and point the config's model ids at them."""
+def with_tiny_models(config: Config, pretrained: bool = True) -> Config:
+    """Point the config's model ids at the tiny models: the shipped pretrained SD, SD inpainting and
+    ControlNet when `pretrained` (random-weight ones if this installation lacks them), and random-weight
+    CLIP, LLM and Inception written under the run folder."""
     from handsynth.tiny.adapter import write_tiny_t2i_adapter
-    from handsynth.tiny.captioners import write_tiny_llava
     from handsynth.tiny.clip import write_tiny_clip
     from handsynth.tiny.controlnet import write_tiny_controlnet
     from handsynth.tiny.inception import write_random_inception
     from handsynth.tiny.llm import write_tiny_llm
+    from handsynth.tiny.pretrained import check_pretrained, shipped
     from handsynth.tiny.sd import write_tiny_sd, write_tiny_sd_inpainting
 
     folder = Path(config.run.output_dir) / "tiny-models"
     seed = config.run.seed
-    config.model.base = config.handgen.base = str(write_tiny_sd(folder / "sd", seed=seed))
+    if pretrained and not shipped():
+        log.warning("this installation has no pretrained tiny models; the demo uses random-weight ones")
+    weights = check_pretrained() if pretrained and shipped() else None
+    sd = weights / "sd" if weights else write_tiny_sd(folder / "sd", seed=seed)
+    config.model.base = config.handgen.base = str(sd)
     config.data.rewrite_model = str(write_tiny_llm(folder / "llm", seed=seed))
     clip = str(write_tiny_clip(folder / "clip", seed=seed))
     config.data.clip_model = config.evaluate.clip_model = clip
     config.evaluate.inception_weights = str(write_random_inception(folder / "inception.pth", seed=seed))
     if "twostage" in config.run.methods:
-        config.outpaint.base = str(write_tiny_sd_inpainting(folder / "sd-inpainting", seed=seed))
-        config.outpaint.controlnet = str(write_tiny_controlnet(folder / "controlnet", seed=seed))
-        config.pose.captioner_model = str(write_tiny_llava(folder / "llava", seed=seed))
+        inpainting = (
+            weights / "sd-inpainting"
+            if weights
+            else write_tiny_sd_inpainting(folder / "sd-inpainting", seed=seed)
+        )
+        controlnet = (
+            weights / "controlnet" if weights else write_tiny_controlnet(folder / "controlnet", seed=seed)
+        )
+        config.outpaint.base, config.outpaint.controlnet = str(inpainting), str(controlnet)
         # the baselines: the tiny SD stands in for SD 1.5, the outpainter's ControlNet without its LoRA
-        # for the plain one, and a tiny T2I-Adapter for TencentARC's OpenPose adapter
+        # for the plain one, and a random-weight tiny T2I-Adapter for TencentARC's OpenPose adapter
         config.compare.sd_base = config.handgen.base
         config.compare.t2i_adapter = str(write_tiny_t2i_adapter(folder / "t2i-adapter", seed=seed))
     return config

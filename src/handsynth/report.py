@@ -43,6 +43,51 @@ _TINY_NOTE = (
     "so generated images are noise and the metrics only show that every stage ran. Run "
     "<code>handsynth run --config configs/hand1000.toml</code> with real weights for real numbers.</p>"
 )
+_PRETRAINED_NOTE = (
+    '<p class="note"><b>Embedded default:</b> this run used the tiny Stable Diffusion, SD inpainting and '
+    "OpenPose ControlNet pretrained on synthetic figures (<code>handsynth tiny pretrain</code>, shipped "
+    "with handsynth), and tiny random-weight CLIP, LLM and Inception: images show figures at toy size, "
+    "and the metrics compare the methods on the demo only. Run "
+    "<code>handsynth run --config configs/hand1000.toml</code> with real weights for real numbers.</p>"
+)
+# Written by benchmarks/tiny_pretrained.py in a source checkout; shown when present.
+PRETRAINED_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "tiny_pretrained.json"
+_FLOOR_NAMES = {
+    "vae_psnr_db": "VAE PSNR at 128 px (dB)",
+    "holistic_person_rate": "text-to-image: Holistic finds a body",
+    "hand_rate": "text-to-image: MediaPipe Hands finds a hand",
+    "controlnet_dap": "OpenPose ControlNet: DAP against the given pose",
+}
+
+
+def _pretrained_section(path: Path = PRETRAINED_BENCHMARK) -> str:
+    """The shipped pretrained models against their floors, as benchmarks/tiny_pretrained.py measured."""
+    results = _read_json(path)
+    if not results:
+        return ""
+    rows = [
+        [_FLOOR_NAMES.get(name, name), r["pretrained"], r["random"], r["renders"], r["floor"],
+         "met" if r["met"] else "not met"]
+        for name, r in results["floors"].items()
+    ]  # fmt: skip
+    detection = results["pretrained"]["controlnet"]["detection_rate"]
+    return (
+        "<h2>Pretrained tiny models (benchmark)</h2>"
+        f'<p class="note">Measured {html.escape(results["when"])} by benchmarks/tiny_pretrained.py on '
+        f"{results['figures']} figures of held-out seed {results['held_out_seed']}; random: the "
+        f"random-weight tiny models; renders: the figures themselves. ControlNet detection rate "
+        f"{detection:.2f}.</p>"
+        + _table(["measure", "pretrained", "random", "renders", "floor", ""], rows, "pretrained-benchmark")
+    )
+
+
+def _tiny_note(out: Path, config: dict) -> str:
+    from handsynth.tiny.pretrained import WEIGHTS
+
+    if not (out / "tiny-models").is_dir():
+        return ""
+    base = config.get("model", {}).get("base", "")
+    return _PRETRAINED_NOTE + _pretrained_section() if base.startswith(str(WEIGHTS)) else _TINY_NOTE
 
 
 def _read_json(path: Path) -> Any:
@@ -332,7 +377,7 @@ def write_run_report(out: str | Path, steps: list[tuple[str, str]]) -> Path:
     body = [
         f"<h1>handsynth run: {html.escape(out.name)}</h1>",
         f'<p class="note">{html.escape(str(out.resolve()))}</p>',
-        _TINY_NOTE if (out / "tiny-models").is_dir() else "",
+        _tiny_note(out, config),
     ]
     if (out / "compare").is_dir():
         body += ["<h2>Against the baselines: the papers' tables</h2>", _compare_section(out)]
