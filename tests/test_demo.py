@@ -4,6 +4,7 @@ browser, resume."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from handsynth import run
 from handsynth.cli import main
@@ -235,7 +237,10 @@ def test_an_interrupted_comparison_resumes_with_the_images_it_had_not_made(demo_
     monkeypatch.setattr(baselines, "draw_batch", counting)
     assert main(["compare", "--config", str(out / "config.toml")]) == 0
     assert drawn == [("controlnet", [last["key"]])]
-    assert (folder / last["image"]).read_bytes() == image  # its own seed: the image it would have been
+    # its own seed: the image it would have been, but for float rounding in a batch of another size
+    again = np.asarray(Image.open(folder / last["image"]), dtype=np.int16)
+    before = np.asarray(Image.open(io.BytesIO(image)), dtype=np.int16)
+    assert np.abs(again - before).max() <= 1
     assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else drawn again
 
 

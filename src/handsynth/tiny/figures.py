@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from handsynth.progress import progress_bar
 
 from handsynth import files
 from handsynth.data.gestures import gesture_phrase
@@ -58,7 +58,7 @@ def render_figures(seed: int, per_gesture: int, gestures: list[str] = SYNTHETIC_
     """Render `per_gesture` figures of each gesture from data seed `seed`, with a progress bar."""
     full, small, masks, skeletons, keypoints, prompts, names = [], [], [], [], [], [], []
     jobs = [(g, i) for g in gestures for i in range(per_gesture)]
-    for gesture, index in tqdm(jobs, desc=f"rendering figures (seed {seed})", unit="figure"):
+    for gesture, index in progress_bar(jobs, desc=f"rendering figures (seed {seed})", unit="figure"):
         figure = render_figure(seed, gesture, index, FULL_SIZE)
         image = np.asarray(figure.image)
         full.append(image)
