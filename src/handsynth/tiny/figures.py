@@ -13,12 +13,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from handsynth.progress import progress_bar
 
 from handsynth import files
 from handsynth.data.gestures import gesture_phrase
 from handsynth.data.synthetic import SYNTHETIC_GESTURES, render_figure
 from handsynth.errors import HandsynthError
+from handsynth.progress import progress_bar
 from handsynth.twostage.data.skeleton import draw_openpose
 
 FULL_SIZE = 128  # the VAE's benchmark resolution
