@@ -90,6 +90,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def check_settings_stamp(
+    path: str | os.PathLike, settings: dict, folder: Path, made: str, advice: str
+) -> None:
+    """Outputs a re-run reuses must not change shape under a folder: the settings that shape them are
+    stamped in `path` on the first run, and a later run with other settings is an error naming the
+    folder (`{folder} was {made} with ...`) and what to do (`advice`)."""
+    path = Path(path)
+    if not path.is_file():
+        write_json(path, settings)
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    if before != settings:
+        raise HandsynthError(f"{folder} was {made} with {before}, not {settings}; {advice}")
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
 

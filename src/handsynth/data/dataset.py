@@ -16,7 +16,6 @@ The folder layout and manifest keys are the contract in the project notes:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -422,16 +421,10 @@ def _check_settings(dataset_dir: Path, config: Config) -> None:
     change under an existing folder."""
     data = config.data
     settings = {"image_size": data.image_size, "crop": data.crop}
-    path = dataset_dir / "images" / "settings.json"
-    if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        if before != settings:
-            raise HandsynthError(
-                f"{dataset_dir} was prepared with {before}, not {settings}; build into another "
-                "--dataset-dir, or delete its images/ folder to prepare them again"
-            )
-    else:
-        files.write_json(path, settings)
+    advice = "build into another --dataset-dir, or delete its images/ folder to prepare them again"
+    files.check_settings_stamp(
+        dataset_dir / "images" / "settings.json", settings, dataset_dir, "prepared", advice
+    )
 
 
 def default_dataset_dir(config: Config) -> Path:

@@ -216,16 +216,8 @@ def _check_settings(out: Path, config: Config) -> None:
         "crop_margin": pose.crop_margin,
         "sam_model": pose.sam_model,
     }
-    path = out / SETTINGS_FILE
-    if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        if before != settings:
-            raise HandsynthError(
-                f"{out} was built with {before}, not {settings}; build into another pose.output_dir, or "
-                "delete the folder to build it again"
-            )
-    else:
-        files.write_json(path, settings)
+    advice = "build into another pose.output_dir, or delete the folder to build it again"
+    files.check_settings_stamp(out / SETTINGS_FILE, settings, out, "built", advice)
 
 
 def _preflight(config: Config, need_masker: bool) -> None:
